@@ -1,0 +1,4 @@
+"""Empirical neural tangent kernels."""
+
+from ._api import ntk as ntk
+from ._reference import ntk_reference as ntk_reference
