@@ -203,3 +203,26 @@ def test_float32_end_to_end():
     # float32 eigendecomposition: agreement to ~1e-5 relative on O(1) outputs.
     np.testing.assert_allclose(exact.train, ode.train, rtol=1e-4, atol=1e-5)
     assert float(true.train_loss[-1]) < float(true.train_loss[0])
+
+
+def test_saved_weights_reproduce_saved_outputs():
+    model, data = small_sine()
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))
+    sol = nk.solve(problem, saveat=5, save_weights=True)
+    _, static = eqx.partition(model, eqx.is_inexact_array)
+    for i in (0, 4):
+        w = jax.tree.map(lambda a: a[i], sol.weights)
+        np.testing.assert_allclose(
+            jax.vmap(eqx.combine(w, static))(data.x_train), sol.train[i], rtol=1e-12
+        )
+    with pytest.raises(ValueError, match="save_weights"):
+        nk.solve(nk.KernelFlowProblem.from_model(model, data), save_weights=True)
+
+
+def test_diffrax_event_passes_through():
+    model, data = small_sine()
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))
+    event = diffrax.Event(lambda t, y, args, **kwargs: t > 0.5)
+    sol = nk.solve(problem, event=event, saveat=jnp.array([0.0, 0.25, 2.0]))
+    assert sol.retcode == nk.RESULTS.event_occurred
+    assert "event" in sol.message
