@@ -101,7 +101,7 @@ class GradientFlowProblem(AbstractProblem):
     - `model`: an equinox module mapping *one* input to its outputs (e.g. `eqx.nn.MLP`).
     - `data`: a [`ntkode.Dataset`][].
     - `loss`: [`ntkode.losses.mse`][] (default), [`ntkode.losses.cross_entropy`][] or a name.
-    - `tspan`: `(t0, t1)`; time `t` equals `t/η` steps of gradient descent with step `η`.
+    - `tspan`: `(t0, t1)`; one unit of time is one gradient-descent step of size `η`.
     - `learning_rate`: $\eta > 0$.
     """
 
