@@ -21,9 +21,11 @@ from jaxtyping import Array
 class AbstractActivation(eqx.Module):
     """An elementwise activation $\\phi$ with its Gaussian expectations.
 
-    `__call__(x)` applies $\\phi$ (used by finite networks); `dual(q1, s, q2)` returns
+    `__call__(x)` applies $\\phi$ (used by finite networks); `dual(q1, s, q2, same)` returns
     $(\\mathbb E[\\phi(u)\\phi(v)], \\mathbb E[\\phi'(u)\\phi'(v)])$ for pre-activation
-    variances `q1`, `q2` and covariance `s` (broadcast together); `dual_diagonal(q)` returns
+    variances `q1`, `q2` and covariance `s` (broadcast together), where the boolean `same`
+    (or `None`) marks pairs known to be the same input (correlation exactly 1, which rounding
+    alone would miss, a problem where the kernel is not smooth); `dual_diagonal(q)` returns
     $\\mathbb E[\\phi(u)^2]$ for $u \\sim \\mathcal N(0, q)$.
     """
 
@@ -33,7 +35,7 @@ class AbstractActivation(eqx.Module):
     def __call__(self, x: Array) -> Array: ...
 
     @abc.abstractmethod
-    def dual(self, q1: Array, s: Array, q2: Array) -> tuple[Array, Array]: ...
+    def dual(self, q1: Array, s: Array, q2: Array, same=None) -> tuple[Array, Array]: ...
 
     @abc.abstractmethod
     def dual_diagonal(self, q: Array) -> Array: ...
@@ -52,13 +54,19 @@ class Relu(AbstractActivation):
     def __call__(self, x):
         return jax.nn.relu(x)
 
-    def dual(self, q1, s, q2):
-        norm = jnp.sqrt(q1 * q2)
+    def dual(self, q1, s, q2, same=None):
+        # Square roots on the (n1, 1) and (1, n2) variance vectors, not on the n1×n2 grid.
+        r1, r2 = jnp.sqrt(q1), jnp.sqrt(q2)
         # Zero-variance inputs (e.g. x = 0 without biases) have s = 0 too: call them orthogonal.
-        rho = jnp.clip(s / jnp.where(norm > 0, norm, 1.0), -1.0, 1.0)
-        angle = jnp.pi - jnp.arccos(rho)
+        i1 = jnp.where(r1 > 0, 1.0 / jnp.where(r1 > 0, r1, 1.0), 0.0)
+        i2 = jnp.where(r2 > 0, 1.0 / jnp.where(r2 > 0, r2, 1.0), 0.0)
+        rho = jnp.clip(s * i1 * i2, -1.0, 1.0)
+        # arccos has infinite slope at 1: a rounding error ε in ρ costs √(2ε) in the angle.
+        rho = rho if same is None else jnp.where(same, 1.0, rho)
+        sin = jnp.sqrt(1.0 - rho * rho)
+        angle = jnp.pi - jnp.arctan2(sin, rho)  # π − arccos ρ, sharing the square root
         inv2pi = 1.0 / (2.0 * math.pi)
-        nngp = norm * (jnp.sqrt(1.0 - rho * rho) + angle * rho) * inv2pi
+        nngp = (r1 * r2) * (sin + angle * rho) * inv2pi
         return nngp, angle * inv2pi
 
     def dual_diagonal(self, q):
@@ -77,12 +85,16 @@ class Erf(AbstractActivation):
     def __call__(self, x):
         return jax.scipy.special.erf(x)
 
-    def dual(self, q1, s, q2):
-        a = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
-        # |2s| <= 2 sqrt(q1 q2) < sqrt(a) analytically; clip rounding only.
-        arg = jnp.clip(2.0 * s * jax.lax.rsqrt(a), -1.0, 1.0)
-        nngp = (2.0 / math.pi) * jnp.arcsin(arg)
-        dot = (4.0 / math.pi) * jax.lax.rsqrt(a - 4.0 * s * s)
+    def dual(self, q1, s, q2, same=None):
+        # With g = (1 + 2q)^(-1/2) on the vectors and r = 2 s g1 g2:
+        # (1+2q1)(1+2q2) - 4s² = (1 - r²)/(g1 g2)², so one square root serves both kernels.
+        g1, g2 = jax.lax.rsqrt(1.0 + 2.0 * q1), jax.lax.rsqrt(1.0 + 2.0 * q2)
+        g = g1 * g2
+        # |r| < 1 analytically (|s| <= sqrt(q1 q2)); clip rounding only.
+        r = jnp.clip(2.0 * s * g, -1.0, 1.0)
+        c = jnp.sqrt(jnp.maximum(1.0 - r * r, jnp.finfo(r.dtype).tiny))
+        nngp = (2.0 / math.pi) * jnp.arctan2(r, c)  # arcsin r
+        dot = (4.0 / math.pi) * g / c
         return nngp, dot
 
     def dual_diagonal(self, q):
@@ -127,7 +139,7 @@ class Elementwise(AbstractActivation):
     def _derivative(self, x):
         return jax.jvp(self.fn, (x,), (jnp.ones_like(x),))[1]
 
-    def dual(self, q1, s, q2):
+    def dual(self, q1, s, q2, same=None):
         dtype = jnp.result_type(q1, s, q2)
         z, w = (jnp.asarray(a, dtype) for a in _hermite_nodes(self.degree))
         r1, r2 = jnp.sqrt(q1), jnp.sqrt(q2)
@@ -199,4 +211,3 @@ def as_activation(activation, degree: int = 32) -> AbstractActivation:
         f"`activation` must be a name, a callable or an ntkode.AbstractActivation, got "
         f"{type(activation).__name__}."
     )
-

@@ -40,7 +40,9 @@ def _check_std(name: str, value) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number (a standard deviation), got {value!r}.") from None
+        raise TypeError(
+            f"`{name}` must be a number (a standard deviation), got {value!r}."
+        ) from None
     if not np.isfinite(v) or v < 0:
         raise ValueError(
             f"`{name}` = {value!r} is not a valid standard deviation: weight and bias "
@@ -168,25 +170,36 @@ class InfiniteMLP(eqx.Module):
             q = self.activation.dual_diagonal(q)
         return jnp.stack(out)
 
-    def _block(self, x1, x2, q1, q2):
-        """Both kernels for rows `x1` against `x2`, given their variances."""
+    def _block(self, x1, x2, q1, q2, rows=None, cols=None):
+        """Both kernels for rows `x1` against `x2`, given their variances.
+
+        `rows`, `cols`: indices of these rows and columns when both come from one input set
+        (they mark the diagonal); `cols` defaults to all of `x2`.
+        """
         hidden, (Wo, bo, fo) = self._layers(x1.shape[1])
         s = x1 @ x2.T / x1.shape[1]
+        if rows is None:
+            same = None
+        else:
+            cols = jnp.arange(x2.shape[0]) if cols is None else cols
+            same = rows[:, None] == cols[None, :]
         t = None
         for layer, (W, b, fan_in) in enumerate(hidden):
             s_pre, t_pre = self._dense(s, t, W, b, fan_in)
-            s, dot = self.activation.dual(q1[layer][:, None], s_pre, q2[layer][None, :])
+            s, dot = self.activation.dual(q1[layer][:, None], s_pre, q2[layer][None, :], same)
             t = t_pre * dot
         return self._dense(s, t, Wo, bo, fo)
 
+    def _entries_per_block(self) -> int:
+        """Kernel entries per block: `block_size` divided by the work per entry."""
+        work = self.activation.degree**2 if isinstance(self.activation, Elementwise) else 1
+        return max(1, self.block_size // work)
+
     def _rows_per_block(self, n2: int) -> int:
-        cost = self.activation.degree**2 if isinstance(self.activation, Elementwise) else 1
-        return max(1, self.block_size // (n2 * cost))
+        return max(1, self._entries_per_block() // n2)
 
     # -- public --------------------------------------------------------------------------
-    def __call__(
-        self, x1: Float[Array, "n1 d"], x2: Float[Array, "n2 d"] | None = None
-    ) -> Kernels:
+    def __call__(self, x1: Float[Array, "n1 d"], x2: Float[Array, "n2 d"] | None = None) -> Kernels:
         """NNGP and NTK between `x1` and `x2` (default `x1`), each `(n1, n2)`."""
         x1 = self._check_inputs("x1", x1)
         x2 = x1 if x2 is None else self._check_inputs("x2", x2)
@@ -196,7 +209,8 @@ class InfiniteMLP(eqx.Module):
                 f"`x2` has {x2.shape[1]}; both must have the same dimension."
             )
         dtype = jnp.promote_types(x1.dtype, x2.dtype)
-        return _kernels_jit(self, x1.astype(dtype), x2.astype(dtype))
+        symmetric = x2 is x1
+        return _kernels_jit(self, x1.astype(dtype), x2.astype(dtype), symmetric)
 
     def nngp(self, x1, x2=None) -> Float[Array, "n1 n2"]:
         """The NNGP kernel (covariance of the outputs at initialisation)."""
@@ -223,13 +237,16 @@ class InfiniteMLP(eqx.Module):
 
 
 @eqx.filter_jit
-def _kernels_jit(spec: InfiniteMLP, x1, x2) -> Kernels:
+def _kernels_jit(spec: InfiniteMLP, x1, x2, symmetric: bool) -> Kernels:
     q1 = spec._variances(x1)
-    q2 = spec._variances(x2)
+    q2 = q1 if symmetric else spec._variances(x2)
     n1, n2 = x1.shape[0], x2.shape[0]
     rows = spec._rows_per_block(n2)
+    index = jnp.arange(n1) if symmetric else None
+    if symmetric and 4 * _MIN_TILE <= n1 and n1 * n1 <= _MAX_SYMMETRIC:
+        return _symmetric_tiles(spec, x1, q1)
     if rows >= n1:
-        return Kernels(*spec._block(x1, x2, q1, q2))
+        return Kernels(*spec._block(x1, x2, q1, q2, index))
     # Row blocks under lax.map: memory stays O(rows · n2) per intermediate, outputs O(n1 · n2).
     nb = -(-n1 // rows)
     pad = nb * rows - n1
@@ -237,5 +254,40 @@ def _kernels_jit(spec: InfiniteMLP, x1, x2) -> Kernels:
     # Padded rows are zero inputs: their variances are finite (b² or 0), values discarded.
     qb = jnp.pad(q1, ((0, 0), (0, pad)), constant_values=1.0)
     qb = qb.reshape(q1.shape[0], nb, rows).transpose(1, 0, 2)
-    s, t = jax.lax.map(lambda a: spec._block(a[0], x2, a[1], q2), (xb, qb))
+    ib = jnp.arange(nb * rows).reshape(nb, rows)
+    s, t = jax.lax.map(
+        lambda a: spec._block(a[0], x2, a[1], q2, a[2] if symmetric else None), (xb, qb, ib)
+    )
     return Kernels(s.reshape(-1, n2)[:n1], t.reshape(-1, n2)[:n1])
+
+
+# Square tiles for K(X, X): only tiles on or above the diagonal are computed (about half the
+# work), then mirrored. Used up to n = 4096; beyond, row blocks keep the memory at the output's.
+_MIN_TILE = 64
+_MAX_SYMMETRIC = 4096**2
+
+
+def _symmetric_tiles(spec: InfiniteMLP, x, q) -> Kernels:
+    n = x.shape[0]
+    side = max(_MIN_TILE, min(-(-n // 4), int(np.sqrt(spec._entries_per_block()))))
+    nt = -(-n // side)
+    pad = nt * side - n
+    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(nt, side, -1)
+    qb = jnp.pad(q, ((0, 0), (0, pad)), constant_values=1.0)
+    qb = qb.reshape(q.shape[0], nt, side).transpose(1, 0, 2)
+    ib = jnp.arange(nt * side).reshape(nt, side)
+    pi, pj = np.triu_indices(nt)
+
+    def tile(ij):
+        i, j = ij
+        return spec._block(xb[i], xb[j], qb[i], qb[j], ib[i], ib[j])
+
+    tiles = jax.lax.map(tile, (jnp.asarray(pi), jnp.asarray(pj)))
+
+    def assemble(t):
+        full = jnp.zeros((nt, nt, side, side), t.dtype)
+        full = full.at[pj, pi].set(jnp.swapaxes(t, 1, 2))
+        full = full.at[pi, pj].set(t)
+        return full.transpose(0, 2, 1, 3).reshape(nt * side, nt * side)[:n, :n]
+
+    return Kernels(*(assemble(t) for t in tiles))

@@ -172,4 +172,3 @@ def infinite_width_problem(
         u0_train=u0_train,
         u0_test=u0_test,
     )
-
