@@ -45,7 +45,8 @@ class Relu(AbstractActivation):
     r"""$\phi(x) = \max(x, 0)$, with the arc-cosine kernel in closed form.
 
     With $\rho = s/\sqrt{q_1 q_2} = \cos\vartheta$:
-    $\mathbb E[\phi\phi] = \frac{\sqrt{q_1q_2}}{2\pi}(\sin\vartheta + (\pi-\vartheta)\cos\vartheta)$,
+    $\mathbb E[\phi\phi] = \frac{\sqrt{q_1q_2}}{2\pi}
+    (\sin\vartheta + (\pi-\vartheta)\cos\vartheta)$,
     $\mathbb E[\phi'\phi'] = \frac{\pi - \vartheta}{2\pi}$ (Cho & Saul 2009; Arora et al. 2019).
     """
 

@@ -6,7 +6,8 @@ input kernel $\Sigma^0(x, x') = x\cdot x'/d$ and, for each hidden layer $l = 1\l
 readout layer,
 
 $$\tilde\Sigma^{l} = \sigma_w^2\,\Sigma^{l-1} + \sigma_b^2,\qquad
-  \tilde\Theta^{l} = \tilde\Sigma^{l} + \sigma_w^2\,\Theta^{l-1}\quad(\text{NTK parameterisation}),$$
+  \tilde\Theta^{l} = \tilde\Sigma^{l} + \sigma_w^2\,\Theta^{l-1}$$
+(NTK parameterisation),
 
 followed (hidden layers only) by the activation,
 $\Sigma^l = \mathbb E[\phi(u)\phi(v)]$, $\Theta^l = \tilde\Theta^l\,\mathbb E[\phi'(u)\phi'(v)]$,
