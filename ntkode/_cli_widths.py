@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="horizon, in units where the stiffest limiting mode has rate 1 (default 10)",
     )
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument(
+        "--rtol", type=float, default=1e-6, help="true-flow tolerance, atol = rtol/100"
+    )
     parser.add_argument("--x64", action="store_true", help="float64 (default float32)")
     parser.add_argument(
         "--quick", action="store_true", help="widths 64 and 256, 32 points: well under a minute"
