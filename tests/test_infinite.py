@@ -78,9 +78,10 @@ def test_seed004_two_layer_relu_ntk_approaches_closed_form(m):
     pre = np.asarray(x @ a.T)  # (n, m)
     act, gate = np.maximum(pre, 0), (pre > 0).astype(float)
     xx = np.asarray(x @ x.T)
-    terms = np.asarray(v)[None, None, :] ** 2 * gate[:, None, :] * gate[None, :, :] * xx[
-        :, :, None
-    ] + act[:, None, :] * act[None, :, :]
+    terms = (
+        np.asarray(v)[None, None, :] ** 2 * gate[:, None, :] * gate[None, :, :] * xx[:, :, None]
+        + act[:, None, :] * act[None, :, :]
+    )
     np.testing.assert_allclose(emp, terms.mean(-1), rtol=1e-10, atol=1e-12)
     # ... and by the central limit theorem lie within 5 standard errors of the limit, with the
     # standard error estimated from the m samples themselves (it shrinks like m^{-1/2}).
@@ -100,15 +101,15 @@ def test_quadrature_equals_erf_closed_form():
     x = _x(8, 5)
     exact = nk.InfiniteMLP(3, "erf")(x)
     errs = []
-    for degree in (64, 128):
+    for degree in (64, 192):
         quad = nk.InfiniteMLP(3, nk.Elementwise(jax.scipy.special.erf, degree=degree))(x)
         errs.append(max(_rel(quad.nngp, exact.nngp), _rel(quad.ntk, exact.ntk)))
-    # erf is smooth, so Gauss–Hermite converges geometrically: measured ~7e-6 at degree 64 and
-    # ~2e-8 at 128 (3 layers, pre-activation variances up to ~4 widen the integrands). A
-    # wrong closed form would stall at its own error instead of vanishing.
-    assert errs[0] < 3e-5
-    assert errs[1] < 1e-7
-    assert errs[1] < errs[0] / 50
+    # erf is smooth, so Gauss–Hermite converges geometrically: measured on these inputs (NTK,
+    # the harder of the two) 1e-2, 2.4e-4, 1.5e-7, 1e-10 at degrees 32, 64, 128, 192. A wrong
+    # closed form would stall at its own error instead of vanishing.
+    assert errs[0] < 1e-3
+    assert errs[1] < 1e-9
+    assert errs[1] < errs[0] / 1e4
 
 
 def test_quadrature_converges_to_relu_closed_form():

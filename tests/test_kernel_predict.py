@@ -11,7 +11,7 @@ import ntkode as nk
 
 @pytest.fixture(scope="module")
 def setup():
-    data = nk.datasets.sine(48, 24, 4, key=jax.random.key(3))
+    data = nk.datasets.sine(32, 16, 4, key=jax.random.key(3))
     spec = nk.InfiniteMLP(2, "relu")
     k = spec.ntk(data.x_train)
     ks = spec.ntk(data.x_test, data.x_train)
@@ -34,7 +34,7 @@ def test_ridge_and_initial_outputs(setup):
     u0 = 0.1 * jax.random.normal(jax.random.key(0), data.y_train.shape)
     us0 = 0.1 * jax.random.normal(jax.random.key(1), data.y_test.shape)
     out = nk.predict_infinite(k, ks, data.y_train, ridge=lam, u0_train=u0, u0_test=us0)
-    a = np.linalg.solve(np.asarray(k) + lam * np.eye(48), np.asarray(data.y_train - u0))
+    a = np.linalg.solve(np.asarray(k) + lam * np.eye(32), np.asarray(data.y_train - u0))
     np.testing.assert_allclose(out.test, us0 + np.asarray(ks) @ a, rtol=1e-10, atol=1e-12)
 
 
@@ -53,7 +53,7 @@ def test_finite_time_limits(setup):
     t = 3.0
     mid = nk.predict_mse(k, ks, data.y_train, jnp.array([t]), **kw)
     lam, v = np.linalg.eigh(np.asarray(k))
-    decay = v @ np.diag(np.exp(-2.0 * lam * t / 48)) @ v.T
+    decay = v @ np.diag(np.exp(-2.0 * lam * t / 32)) @ v.T
     np.testing.assert_allclose(
         mid.train[0], data.y_train + decay @ np.asarray(u0 - data.y_train), atol=1e-10
     )
@@ -61,15 +61,15 @@ def test_finite_time_limits(setup):
 
 def test_infinite_width_problem_plugs_into_solve(setup):
     data, spec, k, ks = setup
-    prob = nk.infinite_width_problem(spec, data, tspan=(0.0, 40.0), learning_rate=1.5)
+    prob = nk.infinite_width_problem(spec, data, tspan=(0.0, 10.0), learning_rate=1.5)
     assert isinstance(prob, nk.KernelFlowProblem)
-    ts = jnp.linspace(0.0, 40.0, 5)
+    ts = jnp.linspace(0.0, 10.0, 5)
     exact = nk.solve(prob, saveat=ts)  # MSE: closed form
     ref = nk.predict_mse(k, ks, data.y_train, ts, learning_rate=1.5)
     np.testing.assert_allclose(exact.test, ref.test, atol=1e-12)
-    ode = nk.solve(prob, diffrax.Tsit5(), saveat=ts, rtol=1e-8, atol=1e-10)
-    # An adaptive ODE solve of the same linear flow agrees to its tolerance.
-    np.testing.assert_allclose(ode.test, exact.test, atol=1e-6)
+    ode = nk.solve(prob, diffrax.Tsit5(), saveat=ts, rtol=1e-7, atol=1e-9)
+    # An adaptive ODE solve of the same linear flow agrees to (a few times) its tolerance.
+    np.testing.assert_allclose(ode.test, exact.test, atol=1e-5)
     # Any callable kernel works too, e.g. the NNGP.
     nngp = nk.infinite_width_problem(lambda a, b: spec.nngp(a, b), data, tspan=(0.0, 1.0))
     np.testing.assert_allclose(nngp.kernel_train, spec.nngp(data.x_train), atol=1e-14)
@@ -82,7 +82,9 @@ def test_float32(setup):
     ks = spec.ntk(d32.x_test, d32.x_train)
     out = nk.predict_infinite(k, ks, d32.y_train, ridge=1e-3)
     assert out.test.dtype == jnp.float32
-    ref = nk.predict_infinite(*(np.asarray(a, np.float64) for a in (k, ks, d32.y_train)), ridge=1e-3)
+    ref = nk.predict_infinite(
+        *(np.asarray(a, np.float64) for a in (k, ks, d32.y_train)), ridge=1e-3
+    )
     # float32 Cholesky: error ~ cond · 1.2e-7 with cond ~1e3.
     np.testing.assert_allclose(out.test, ref.test, atol=2e-3)
 
