@@ -12,7 +12,8 @@ HELP = (
     "true vs frozen trajectories, network vs kernel test loss; log-log slopes vs width."
 )
 
-QUICK = {"widths": [64, 256], "n_train": 32, "n_test": 32, "t_end": 10.0}
+# A smoke test of the whole pipeline: tiny data, short horizon, loose tolerance.
+QUICK = {"widths": [64, 256], "n_train": 32, "n_test": 32, "t_end": 5.0, "rtol": 1e-4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,13 @@ def run(args) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    opts = dict(widths=args.widths, n_train=args.n_train, n_test=args.n_test, t_end=args.t_end)
+    opts = dict(
+        widths=args.widths,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        t_end=args.t_end,
+        rtol=args.rtol,
+    )
     if args.quick:
         opts.update(QUICK)
     os.makedirs(args.out, exist_ok=True)
@@ -63,7 +70,6 @@ def run(args) -> int:
         depth=args.depth,
         activation=args.activation,
         seeds=args.seeds,
-        rtol=args.rtol,
         dtype=jnp.float64 if args.x64 else jnp.float32,
         out=args.out,
         progress=True,
