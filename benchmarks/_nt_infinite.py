@@ -13,10 +13,13 @@ import sys
 import time
 
 sys.path.insert(0, os.environ.get("NTKODE_ANCHORS", "/work/shared/anchors"))
+# isort: off
+# ntshim stubs TensorFlow-only modules; it must run before neural_tangents is imported.
+from ntshim import nt  # noqa: E402, F401
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
-from ntshim import nt  # noqa: E402, F401  (stubs TensorFlow before neural_tangents imports)
+# isort: on
 
 
 def best(fn, *a, k=3):
