@@ -40,7 +40,7 @@ class Dense(eqx.Module):
         b = None if b_std is None else jax.random.normal(kb, (out_size,), dtype)
         if parameterization == "standard":
             w = w * (W_std / np.sqrt(in_size))
-            b = None if b is None else b * b_std
+            b = None if (b is None or b_std is None) else b * b_std
         self.weight, self.bias = w, b
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
 
@@ -105,7 +105,7 @@ class MLP(eqx.Module):
         for name, v in (("in_size", in_size), ("out_size", out_size), ("width", width)):
             if int(v) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
-        W_std, out_W_std = _check_std("W_std", W_std), _check_std("out_W_std", out_W_std)
+        W_std, out_W_std = float(W_std), float(out_W_std)  # validated above: not None
         b_std, out_b_std = _check_std("b_std", b_std), _check_std("out_b_std", out_b_std)
         sizes = [int(in_size)] + [int(width)] * int(depth) + [int(out_size)]
         keys = jax.random.split(key, len(sizes) - 1)
@@ -184,14 +184,14 @@ def mlp_ntk(
 
     h1, d1 = jax.vmap(parts)(x1)
     h2, d2 = (h1, d1) if x2 is None else jax.vmap(parts)(x2)
-    total = 0.0
+    terms = []
     for layer, a1, a2, b1, b2 in zip(model.layers, h1, h2, d1, d2, strict=True):
         sw, sb = layer.scales
         gram = sw * sw * (a1 @ a2.T)
         if layer.bias is not None:
             gram = gram + sb * sb
-        total = total + gram[:, :, None, None] * jnp.einsum("iap,jbp->ijab", b1, b2)
-    return total
+        terms.append(gram[:, :, None, None] * jnp.einsum("iap,jbp->ijab", b1, b2))
+    return jnp.sum(jnp.stack(terms), axis=0)
 
 
 def check_inputs(model: MLP, x, name: str = "x") -> None:
