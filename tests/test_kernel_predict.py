@@ -103,3 +103,15 @@ def test_bad_input(setup):
         nk.predict_mse(k, ks, data.y_train, -1.0)
     with pytest.raises(TypeError, match="ntkode.Dataset"):
         nk.infinite_width_problem(nk.InfiniteMLP(1), (data.x_train, data.y_train))
+
+
+def test_example_runs(capsys):
+    import pathlib
+    import runpy
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "infinite_width.py"
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    errs = [float(line.split("=")[1]) for line in out.splitlines() if line.startswith("width")]
+    assert len(errs) == 3 and errs[2] < errs[0]  # wider is closer to the limit
+    assert "infinite-width flow" in out
