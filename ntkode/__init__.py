@@ -6,26 +6,8 @@ The whole public API is re-exported here.
 import importlib.metadata
 
 from . import datasets as datasets, losses as losses
-
-# -- fast NTK engine (issue 3) --
-# -- scheduled kernels (issue 4) --
-# -- grid tuning (issue 5) --
-# -- infinite width (issue 6) --
-from ._activations import (
-    AbstractActivation as AbstractActivation,
-    Elementwise as Elementwise,
-    Erf as Erf,
-    Relu as Relu,
-)
 from ._data import Dataset as Dataset
-from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
-from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
 from ._ntk import ntk as ntk
-from ._predict import (
-    infinite_width_problem as infinite_width_problem,
-    predict_infinite as predict_infinite,
-    predict_mse as predict_mse,
-)
 from ._problems import (
     AbstractProblem as AbstractProblem,
     GradientFlowField as GradientFlowField,
@@ -34,8 +16,29 @@ from ._problems import (
     KernelFlowProblem as KernelFlowProblem,
     remake as remake,
 )
-from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
+from ._solution import Outputs as Outputs, RESULTS as RESULTS, Solution as Solution
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
+
+# -- fast NTK engine (issue 3) --
+
+# -- scheduled kernels (issue 4) --
+
+# -- grid tuning (issue 5) --
+
+# -- infinite width (issue 6) --
+from ._activations import (
+    AbstractActivation as AbstractActivation,
+    Elementwise as Elementwise,
+    Erf as Erf,
+    Relu as Relu,
+)
+from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
+from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
+from ._predict import (
+    infinite_width_problem as infinite_width_problem,
+    predict_infinite as predict_infinite,
+    predict_mse as predict_mse,
+)
 from ._widths import width_run as width_run, width_study as width_study
 
 # -- path kernels and closure (issue 7) --
