@@ -6,13 +6,26 @@ The whole public API is re-exported here.
 import importlib.metadata
 
 from . import datasets as datasets, losses as losses
+from ._activations import (
+    AbstractActivation as AbstractActivation,
+    Elementwise as Elementwise,
+    Erf as Erf,
+    Relu as Relu,
+)
 from ._compare import (
     Comparison as Comparison,
     compare as compare,
     trajectory_errors as trajectory_errors,
 )
 from ._data import Dataset as Dataset
+from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
+from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
 from ._ntk import ntk as ntk
+from ._predict import (
+    infinite_width_problem as infinite_width_problem,
+    predict_infinite as predict_infinite,
+    predict_mse as predict_mse,
+)
 from ._problems import (
     AbstractProblem as AbstractProblem,
     GradientFlowField as GradientFlowField,
@@ -24,17 +37,10 @@ from ._problems import (
 from ._reference_problems import sine_problem as sine_problem
 from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_solve as timed_solve
-
-# -- fast NTK engine (issue 3) --
-# -- scheduled kernels (issue 4) --
-# -- grid tuning (issue 5) --
-# -- infinite width (issue 6) --
-# -- path kernels and closure (issue 7) --
-# -- gated ReLU and MKL (issue 8) --
-# -- studies --
 from ._study import compare_study as compare_study
+from ._widths import width_run as width_run, width_study as width_study
 
 try:
     __version__ = importlib.metadata.version("ntkode")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
+except importlib.metadata.PackageNotFoundError:
     __version__ = "0.0.0+unknown"
