@@ -187,6 +187,9 @@ def _finish(problem, queries, params_T, K, W, result, stats, trace, method) -> P
     b = apply(problem.model, queries)
     f_T = apply(model_T, queries)
     a, recon, residual = _domingos(K, W, b, f_T, problem.learning_rate, trace)
+    if not bool(jnp.all(jnp.isfinite(f_T))):
+        # Gradient descent (or a failed solve) diverged: say so rather than hand back NaNs.
+        result = RESULTS.solver_failed
     return PathKernel(
         kernel=K,
         loss_weighted=W,
