@@ -2,3 +2,4 @@
 
 from .._data import Dataset as Dataset
 from ._sine import sine as sine
+from ._closure import closure as closure
