@@ -28,6 +28,17 @@ from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
 # -- infinite width (issue 6) --
 
 # -- path kernels and closure (issue 7) --
+from ._closure_study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
+from ._kernel_machines import (
+    KernelComparison as KernelComparison,
+    compare_kernels as compare_kernels,
+    kernel_regression as kernel_regression,
+)
+from ._path_kernel import (
+    PathKernel as PathKernel,
+    path_kernel as path_kernel,
+    path_kernel_gd as path_kernel_gd,
+)
 
 # -- gated ReLU and MKL (issue 8) --
 

@@ -119,6 +119,8 @@ def compare_kernels(
     nodes: int = 4,
     trace: bool = False,
     ridge: float = 1e-8,
+    stride: int = 1,
+    progress: bool = False,
     **solve_kwargs: Any,
 ) -> KernelComparison:
     """Train `problem`'s network, then compare it with kernel regression by three kernels.
@@ -131,10 +133,12 @@ def compare_kernels(
     **Arguments:**
 
     - `problem`: a [`ntkode.GradientFlowProblem`][] whose data has a test split.
-    - `method`, `steps`, `nodes`: which training run (gradient flow or gradient descent).
+    - `method`, `steps`, `nodes`, `stride`: which training run (gradient flow or gradient descent).
     - `trace`: use kernels traced over outputs (one kernel shared by all outputs); needed
       when there are many outputs per example (images).
     - `ridge`: relative ridge of the kernel regressions.
+    - `stride`: see [`ntkode.path_kernel_gd`][] (`method="gd"`; 1 = exact).
+    - `progress`: print gradient-descent progress (`method="gd"`).
 
     **Returns:** a [`ntkode.KernelComparison`][].
     """
@@ -147,7 +151,9 @@ def compare_kernels(
     elif method == "gd":
         if solve_kwargs:
             raise TypeError(f"method='gd' takes no solver options, got {sorted(solve_kwargs)}.")
-        pk = path_kernel_gd(problem, queries, steps, nodes=nodes, trace=trace)
+        pk = path_kernel_gd(
+            problem, queries, steps, nodes=nodes, trace=trace, stride=stride, progress=progress
+        )
     else:
         raise ValueError(f"`method` must be 'flow' or 'gd', got {method!r}.")
     if not bool(np.asarray(pk.result._value) == RESULTS.successful._value):
