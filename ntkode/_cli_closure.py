@@ -8,7 +8,7 @@ HELP = (
     "per-pixel IoU with kernel regression by the NTK at init, at the end, and the path kernel."
 )
 
-_QUICK = dict(n_train=4, n_test=4, steps=20)
+_QUICK = dict(n_train=4, n_test=4, steps=10)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -261,7 +261,8 @@ def _gd(problem, queries, init, blocks, stride, nodes, weights, trace):
 
     def delta_of(p):
         grads = jax.grad(lambda pp: loss(apply(eqx.combine(pp, static), x), y))(p)
-        return jax.tree.map(lambda d: -lr * d, grads)
+        # Cast η to each weight's dtype: float32 weights stay float32 under x64.
+        return jax.tree.map(lambda d: -lr.astype(d.dtype) * d, grads)
 
     def plain(p, _):
         return jax.tree.map(lambda a, d: a + d, p, delta_of(p)), None
@@ -349,7 +350,8 @@ def path_kernel_gd(
     if not isinstance(nodes, int | np.integer) or nodes < 1:
         raise ValueError(f"`nodes` must be a positive integer, got {nodes!r}.")
     s, w = np.polynomial.legendre.leggauss(int(nodes))
-    s, w = tuple(0.5 * (s + 1.0)), tuple(0.5 * w)
+    # Python floats (weakly typed): numpy scalars would promote float32 runs to float64.
+    s, w = tuple(float(v) for v in 0.5 * (s + 1.0)), tuple(float(v) for v in 0.5 * w)
     if not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"`chunk` must be a positive integer, got {chunk!r}.")
     if not isinstance(stride, int | np.integer) or stride < 1 or steps % stride:
