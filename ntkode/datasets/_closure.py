@@ -282,5 +282,5 @@ def closure(
     cte, ite, _ = closure_images(n_test, size, shapes=test_shapes, seed=s_test, **common)
     dtype = jnp.result_type(float) if dtype is None else dtype
     x = lambda c: jnp.asarray(c[:, None], dtype)
-    y = lambda i: jnp.asarray(i.reshape(i.shape[0], -1), dtype)
+    y = lambda i: jnp.asarray(i.reshape(i.shape[0], size * size), dtype)
     return Dataset(x(ctr), y(itr), x(cte), y(ite), name="closure")
