@@ -135,7 +135,8 @@ def closure_study(
     t_start = time.perf_counter()
     config = dict(
         n_train=n_train, n_test=n_test, size=size, steps=steps, learning_rate=learning_rate,
-        width=width, nodes=nodes, stride=stride, ridge=ridge, seed=seed, dtype=jnp.dtype(dtype).name,
+        width=width, nodes=nodes, stride=stride, ridge=ridge, seed=seed,
+        dtype=jnp.dtype(dtype).name,
     )  # fmt: skip
     results: dict[str, Any] = {"study": "closure", "config": config, "timings": {}}
     data = closure(n_train, n_test, size, seed=seed, dtype=dtype)

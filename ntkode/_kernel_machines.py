@@ -189,6 +189,4 @@ def _message(result) -> str:
 
 def _fit(kern, n, y, b, ridge):
     """Predictions on all queries (train then test) from a `(q, n, ...)` kernel."""
-    return kernel_regression(
-        kern[:n], kern, y, offset_train=b[:n], offset_test=b, ridge=ridge
-    )
+    return kernel_regression(kern[:n], kern, y, offset_train=b[:n], offset_test=b, ridge=ridge)

@@ -196,7 +196,9 @@ def closure_images(
     """
     size, shapes, n = int(size), int(shapes), int(n)
     if size < 8:
-        raise ValueError(f"`size` must be at least 8 pixels for a curve with an inside, got {size}.")
+        raise ValueError(
+            f"`size` must be at least 8 pixels for a curve with an inside, got {size}."
+        )
     if n < 0:
         raise ValueError(f"the number of images must be non-negative, got {n}.")
     if shapes < 1:
