@@ -12,6 +12,7 @@ from ._activations import (
     Erf as Erf,
     Relu as Relu,
 )
+from ._closure_study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
 from ._compare import (
     Comparison as Comparison,
     compare as compare,
@@ -19,8 +20,18 @@ from ._compare import (
 )
 from ._data import Dataset as Dataset
 from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
+from ._kernel_machines import (
+    KernelComparison as KernelComparison,
+    compare_kernels as compare_kernels,
+    kernel_regression as kernel_regression,
+)
 from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
 from ._ntk import ntk as ntk
+from ._path_kernel import (
+    PathKernel as PathKernel,
+    path_kernel as path_kernel,
+    path_kernel_gd as path_kernel_gd,
+)
 from ._predict import (
     infinite_width_problem as infinite_width_problem,
     predict_infinite as predict_infinite,

@@ -11,6 +11,7 @@ import sys
 _COMMANDS = [
     "ntkode._cli_compare",
     "ntkode._cli_widths",
+    "ntkode._cli_closure",
 ]
 
 
