@@ -62,18 +62,18 @@ def iou(scores: Array, labels: Array, threshold: float = 0.5) -> float:
 
     Pooled over all pixels of all images: $|P \\cap Y| / |P \\cup Y|$ (1 when both are empty).
     """
-    labels = np.asarray(labels)
-    if not np.all((labels == 0) | (labels == 1)):
-        bad = np.unique(labels[(labels != 0) & (labels != 1)])[:5]
+    labels_np = np.asarray(labels)
+    if not np.all((labels_np == 0) | (labels_np == 1)):
+        bad = np.unique(labels_np[(labels_np != 0) & (labels_np != 1)])[:5]
         raise ValueError(
             f"`labels` must be binary (0 or 1 per pixel); found values such as {bad.tolist()}. "
             "Pass inside/outside masks, e.g. ntkode.datasets.closure(...).y_test."
         )
-    scores = np.asarray(scores)
-    if scores.shape != labels.shape:
-        raise ValueError(f"`scores` {scores.shape} and `labels` {labels.shape} must match.")
-    pred = scores > threshold
-    truth = labels.astype(bool)
+    scores_np = np.asarray(scores)
+    if scores_np.shape != labels_np.shape:
+        raise ValueError(f"`scores` {scores_np.shape} and `labels` {labels_np.shape} must match.")
+    pred = scores_np > threshold
+    truth = labels_np.astype(bool)
     union = np.count_nonzero(pred | truth)
     return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
 

@@ -249,8 +249,8 @@ def path_kernel(
             rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
         )
     solver = diffrax.Tsit5() if solver is None else solver
-    dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)
-    out = _flow(problem, queries, solver, stepsize_controller, dt0, int(max_steps), bool(trace))
+    dt0_arr = None if dt0 is None else jnp.asarray(dt0, dtype)
+    out = _flow(problem, queries, solver, stepsize_controller, dt0_arr, int(max_steps), bool(trace))
     return _finish(problem, queries, *out, bool(trace), "flow")
 
 
