@@ -20,6 +20,14 @@ from ._solution import Outputs as Outputs, RESULTS as RESULTS, Solution as Solut
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
 
 # -- fast NTK engine (issue 3) --
+from ._ntk import (
+    AbstractNTKImplementation as AbstractNTKImplementation,
+    JacobianNTK as JacobianNTK,
+    NTVPNTK as NTVPNTK,
+    StructuredNTK as StructuredNTK,
+    ntk_operator as ntk_operator,
+    ntk_vp as ntk_vp,
+)
 
 # -- scheduled kernels (issue 4) --
 
