@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ._base import AbstractNTKImplementation
+from ._validate import check_model_inputs
 
 
 def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
@@ -79,13 +80,16 @@ def blocked_kernel(
     return out[:n1, :n2]
 
 
+# Model/input compatibility is checked while tracing (a cache hit skips it for free).
 @eqx.filter_jit
 def _single(impl, params, static, x1, x2, trace, block):
+    check_model_inputs(eqx.combine(params, static), x1)
     return blocked_kernel(impl, params, static, x1, x2, trace, block)
 
 
 @eqx.filter_jit
 def _sharded(impl, params, static, x1, x2, trace, block, devices):
+    check_model_inputs(eqx.combine(params, static), x1)
     mesh = Mesh(np.asarray(devices), ("rows",))
     n1 = x1.shape[0]
     x1p = _pad_rows(x1, len(devices))

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, PyTree
 
 from .._model import apply_one, num_outputs, partition
 from ._base import AbstractNTKImplementation
-from ._validate import check_block_size, check_inputs
+from ._validate import check_block_size, check_inputs, check_model_inputs
 
 
 def _batch_fn(static: Any, x: Array):
@@ -84,6 +84,7 @@ def _jvp_all(params, static, x1, g, block):
 
 @eqx.filter_jit
 def _ntk_vp_jit(params, static, x1, x2, v, block):
+    check_model_inputs(eqx.combine(params, static), x1)
     g = _vjp_sum(params, static, x1 if x2 is None else x2, v, block)
     return _jvp_all(params, static, x1, g, block)
 

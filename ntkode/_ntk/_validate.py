@@ -40,7 +40,11 @@ def _as_array(x: Any, name: str):
 def check_inputs(
     model: Any, x1: Any, x2: Any, *, name1: str = "x1", name2: str = "x2"
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Arrays, with feature shapes the model accepts and the same number of outputs."""
+    """Numeric arrays of examples, with matching feature shapes, for a model with weights.
+
+    Whether the model accepts the feature shape is checked by `check_model_inputs`, which
+    traces the model and therefore runs where tracing happens anyway (inside `jit`).
+    """
     params, _ = partition(model)
     if not jax.tree.leaves(params):
         raise ValueError(
@@ -48,7 +52,6 @@ def check_inputs(
             "equinox module whose weights are jax arrays."
         )
     x1 = _as_array(x1, name1)
-    k1 = num_outputs(model, x1, name1)
     if x2 is None:
         return x1, None
     x2 = _as_array(x2, name2)
@@ -57,10 +60,12 @@ def check_inputs(
             f"`{name1}` and `{name2}` have different feature shapes {x1.shape[1:]} and "
             f"{x2.shape[1:]}; both must be batches of the model's input shape."
         )
-    k2 = num_outputs(model, x2, name2)
-    if k1 != k2:  # pragma: no cover - same feature shape normally means same outputs
-        raise ValueError(f"The model gives {k1} outputs on `{name1}` but {k2} on `{name2}`.")
     return x1, x2
+
+
+def check_model_inputs(model: Any, x1: jax.Array, name1: str = "x1") -> int:
+    """The model applies to one example of `x1`; returns its number of outputs `k`."""
+    return num_outputs(model, x1, name1)
 
 
 def check_block_size(block_size: Any) -> None:
