@@ -25,6 +25,7 @@ layers applied under an inner `vmap` or `scan`) fails while tracing, and the who
 back to Jacobian contraction — correct, only slower.
 """
 
+import itertools
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -170,6 +171,51 @@ def _per_example(plan: _Plan, x):
     return j_rest, b, a
 
 
+def _patches(layer, x):
+    """Input patches of a zero-padded convolution, `(in·prod(kernel), positions)`.
+
+    Built from strided slices of the padded input: XLA:CPU's
+    `conv_general_dilated_patches` (a convolution with a one-hot kernel) is far slower.
+    """
+    spatial = x.shape[1:]
+    window = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation, strict=True)]
+    pads = layer.padding
+    if isinstance(pads, str):
+        pads = jax.lax.padtype_to_pads(spatial, window, layer.stride, pads)
+    xp = jnp.pad(x, [(0, 0)] + [tuple(p) for p in pads])
+    out = [
+        (s + lo + hi - w) // st + 1
+        for s, (lo, hi), w, st in zip(spatial, pads, window, layer.stride, strict=True)
+    ]
+    views = []
+    for offset in itertools.product(*[range(k) for k in layer.kernel_size]):
+        start = [0] + [o * d for o, d in zip(offset, layer.dilation, strict=True)]
+        limit = [x.shape[0]] + [
+            b + (n - 1) * st + 1 for b, n, st in zip(start[1:], out, layer.stride, strict=True)
+        ]
+        views.append(jax.lax.slice(xp, start, limit, [1] + list(layer.stride)))
+    return jnp.stack(views, axis=1).reshape(x.shape[0] * len(views), -1)
+
+
+def _conv_jacobian(layer, inputs, signals):
+    """Per-example Jacobian of a convolution as (signals) × (input patches): one GEMM.
+
+    $\\partial f_a / \\partial W_{o,p} = \\sum_c B_{a,o,c}\\, \\mathrm{patch}_{c,p}$ over output
+    positions `c`; the order of `p` need not match the weight's layout, since only inner
+    products of Jacobians enter the kernel.
+    """
+    jac, bias = 0.0, 0.0
+    for x, b_c in zip(inputs, signals, strict=True):
+        patches = _patches(layer, x)
+        sig = b_c.reshape(b_c.shape[0], b_c.shape[1], -1)  # (k, out, positions)
+        # (patch, output) products with both operands contracted on their last axis: the
+        # layout XLA:CPU's batched GEMM runs fastest (4-10x faster than "aoc,pc->aop").
+        jac = jac + jnp.moveaxis(jnp.einsum("pc,aoc->pao", patches, sig), 1, 0)
+        bias = bias + jnp.sum(sig, axis=2)
+    out = [jac.reshape(jac.shape[0], -1)]
+    return out + ([bias] if layer.use_bias else [])
+
+
 def _local_jacobian(layer, weight, bias, inputs, signals):
     """Per-example weight (and bias) Jacobian of one layer from its inputs and signals."""
     params = (weight, bias)
@@ -210,6 +256,12 @@ class StructuredNTK(AbstractNTKImplementation):
                         acts = jnp.concatenate([acts, jnp.ones_like(acts[:, :1])], axis=1)
                     sig = jnp.stack([bi.reshape(bi.shape[0], -1) for bi in b[i]], axis=1)
                     grams.append((acts, sig))  # (C, in+1), (k, C, out)
+                elif (
+                    isinstance(layer, eqx.nn.Conv)
+                    and layer.groups == 1
+                    and layer.padding_mode == "ZEROS"
+                ):
+                    jacs += _conv_jacobian(layer, a[i], b[i])
                 else:
                     w, bias = plan.weights[i]
                     jacs += _local_jacobian(layer, w, bias, a[i], b[i])
