@@ -130,7 +130,7 @@ import time, resource, jax, equinox as eqx, ntkode as nk
 data = nk.datasets.sine(n_train={n}, n_test=1, dim=8, key=jax.random.key(0))
 model = eqx.nn.MLP(8, 1, 512, 2, activation=jax.nn.relu, key=jax.random.key(1))
 t = time.perf_counter()
-k = jax.block_until_ready(nk.ntk(model, data.x_train, block_size=1000, trace=True))
+k = jax.block_until_ready(nk.ntk(model, data.x_train, block_size=1000))
 dt = time.perf_counter() - t
 print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2),
       "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
