@@ -93,7 +93,10 @@ def time_ntkode(quick):
             for impl in ("auto", "jacobian"):
                 row[impl] = best(lambda x, i=impl: nk.ntk(model, x, implementation=i), x)
             rows[(name, n)] = row
-            print(f"ntkode  {name:30s} n={n:5d} " + " ".join(f"{k}={v:.5f}s" for k, v in row.items()), flush=True)
+            print(
+                f"ntkode  {name:30s} n={n:5d} " + " ".join(f"{k}={v:.5f}s" for k, v in row.items()),
+                flush=True,
+            )
     return rows
 
 
@@ -105,8 +108,11 @@ def time_nt(timeout):
     out = {}
     pattern = re.compile(r"^(.*?)\s+n=\s*(\d+) seconds (\{.*\})\s*$")
     proc = subprocess.Popen(
-        [NT_PYTHON, NT_BENCH], cwd=os.path.dirname(NT_BENCH), stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
+        [NT_PYTHON, NT_BENCH],
+        cwd=os.path.dirname(NT_BENCH),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     start = time.time()
     try:
@@ -139,8 +145,10 @@ print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2),
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     print(res.stdout.strip() or res.stderr[-2000:])
     kernel_gb = n * n * 4 / 2**30
-    print(f"(the float32 kernel itself is {kernel_gb:.2f} GB; children peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.3f} GB)")
+    print(
+        f"(the float32 kernel itself is {kernel_gb:.2f} GB; children peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.3f} GB)"
+    )
 
 
 def main():
@@ -156,16 +164,20 @@ def main():
     print(f"devices: {jax.devices()}  cores: {os.cpu_count()}", flush=True)
     ours = time_ntkode(args.quick)
     theirs = {} if args.quick else time_nt(args.nt_timeout)
-    print(f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "
-          f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s}")
+    print(
+        f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "
+        f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s}"
+    )
     results = []
     for (name, n), row in ours.items():
         nt = theirs.get((name, n))
         nt_best = min(nt.values()) if nt else None
         r1 = f"{row['auto'] / nt_best:12.2f}" if nt else f"{'-':>12s}"
         r2 = f"{row['jacobian'] / nt[1]:10.2f}" if nt else f"{'-':>10s}"
-        print(f"{name:30s} {n:5d} {row['auto']:9.5f} {row['jacobian']:9.5f} "
-              f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2}")
+        print(
+            f"{name:30s} {n:5d} {row['auto']:9.5f} {row['jacobian']:9.5f} "
+            f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2}"
+        )
         results.append({"case": name, "n": n, "ntkode": row, "neural_tangents": nt})
     if args.out:
         with open(args.out, "w") as f:

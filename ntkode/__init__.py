@@ -16,14 +16,15 @@ from ._problems import (
     KernelFlowProblem as KernelFlowProblem,
     remake as remake,
 )
-from ._solution import Outputs as Outputs, RESULTS as RESULTS, Solution as Solution
+from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
 
 # -- fast NTK engine (issue 3) --
+# isort: split
 from ._ntk import (
+    NTVPNTK as NTVPNTK,
     AbstractNTKImplementation as AbstractNTKImplementation,
     JacobianNTK as JacobianNTK,
-    NTVPNTK as NTVPNTK,
     StructuredNTK as StructuredNTK,
     ntk_operator as ntk_operator,
     ntk_vp as ntk_vp,

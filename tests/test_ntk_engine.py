@@ -98,7 +98,11 @@ def _cnn(key, dtype=None):
 MODELS = {
     "mlp": (lambda: eqx.nn.MLP(4, 1, 8, 2, activation=jnp.tanh, key=_key(1)), (4,), True),
     "cnn": (lambda: _cnn(_key(2)), (2, 5, 5), True),
-    "multi_output": (lambda: eqx.nn.MLP(4, 3, 8, 2, activation=jax.nn.relu, key=_key(3)), (4,), True),
+    "multi_output": (
+        lambda: eqx.nn.MLP(4, 3, 8, 2, activation=jax.nn.relu, key=_key(3)),
+        (4,),
+        True,
+    ),
     "shared_weights": (lambda: SharedLinear(_key(4)), (4,), True),
     "tied_weights": (lambda: TiedAutoencoder(eqx.nn.Linear(4, 3, key=_key(5))), (4,), False),
     "layer_norm": (lambda: LayerNormNet(_key(6)), (4,), True),
@@ -216,10 +220,14 @@ def test_four_simulated_devices_equal_one_device():
         print("ok", len(jax.devices()))
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok 4" in out.stdout
 

@@ -1,4 +1,4 @@
-r"""NTK-vector products: $\Theta v = J (J^\top v)$ as a `jvp` of a `vjp`, never forming $J$ or $\Theta$.
+r"""NTK-vector products $\Theta v = J (J^\top v)$: a `jvp` of a `vjp`, never forming $\Theta$.
 
 Two uses:
 
@@ -18,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float
 
 from .._model import apply_one, num_outputs, partition
 from ._base import AbstractNTKImplementation

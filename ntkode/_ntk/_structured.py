@@ -31,7 +31,6 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
 from .._model import apply_one
 from ._base import AbstractNTKImplementation, contract_jacobians
@@ -279,7 +278,9 @@ class StructuredNTK(AbstractNTKImplementation):
                 if trace:
                     term = ga * jnp.einsum("iaq,jaq->ij", s1[:, :, 0], s2[:, :, 0])
                 else:
-                    term = ga[:, :, None, None] * jnp.einsum("iaq,jbq->ijab", s1[:, :, 0], s2[:, :, 0])
+                    term = ga[:, :, None, None] * jnp.einsum(
+                        "iaq,jbq->ijab", s1[:, :, 0], s2[:, :, 0]
+                    )
             else:
                 ga = jnp.einsum("icp,jdp->ijcd", a1, a2)
                 spec = "ijcd,iacq,jadq->ij" if trace else "ijcd,iacq,jbdq->ijab"

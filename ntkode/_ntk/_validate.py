@@ -74,8 +74,7 @@ def check_block_size(block_size: Any) -> None:
         return
     if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer):
         raise TypeError(
-            f"`block_size` must be a positive int (examples per block) or None, got "
-            f"{block_size!r}."
+            f"`block_size` must be a positive int (examples per block) or None, got {block_size!r}."
         )
     if block_size <= 0:
         raise ValueError(
