@@ -81,6 +81,15 @@ class Custom(eqx.Module):
         return jnp.sin(self.v @ jnp.tanh(self.w @ x)) + jnp.sum(self.w**2) * x[:1]
 
 
+class ListWeights(eqx.Module):
+    """Weights held as Python floats: not arrays, so not differentiable parameters."""
+
+    w: list
+
+    def __call__(self, x):
+        return jnp.stack([sum(wi * xi for wi, xi in zip(self.w, x))])
+
+
 def _cnn(key, dtype=None):
     k1, k2, k3 = jax.random.split(key, 3)
     return eqx.nn.Sequential(
@@ -245,6 +254,8 @@ def test_bad_inputs_are_clear_errors():
         nk.ntk(model, x, [["a", "b", "c", "d"]])  # non-numeric leaves
     with pytest.raises(ValueError, match="floating-point arrays"):
         nk.ntk(eqx.nn.Lambda(jnp.sin), x)
+    with pytest.raises(TypeError, match="scalar leaves"):  # weights as a list of floats
+        nk.ntk(ListWeights([0.5, -1.0, 2.0, 0.1]), x)
     with pytest.raises(ValueError, match="Unknown `implementation`"):
         nk.ntk(model, x, implementation="fastest")
     for bad in (0, -3):

@@ -47,6 +47,13 @@ def check_inputs(
     """
     params, _ = partition(model)
     if not jax.tree.leaves(params):
+        floats = [v for v in jax.tree.leaves(model) if isinstance(v, float | np.floating)]
+        if floats:
+            raise TypeError(
+                f"`model` holds its numbers as {len(floats)} Python/NumPy scalar leaves "
+                "instead of arrays, so it has no weights to differentiate; store weights as "
+                "jax arrays (e.g. `jnp.asarray([...])`)."
+            )
         raise ValueError(
             "`model` has no floating-point arrays, so its NTK is zero-dimensional; pass an "
             "equinox module whose weights are jax arrays."
