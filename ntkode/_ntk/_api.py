@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._model import partition
@@ -89,9 +90,12 @@ def ntk(
                 f"got {devices!r}."
             )
     if impl == "reference":
-        from jax.numpy import trace as _trace
-
+        if block_size is not None or devices is not None:
+            raise ValueError(
+                "implementation='reference' computes the kernel in one piece on one device; "
+                "drop `block_size`/`devices` or choose another implementation."
+            )
         k = ntk_reference(model, x1, x2)
-        return _trace(k, axis1=2, axis2=3) if trace else k
+        return jnp.trace(k, axis1=2, axis2=3) if trace else k
     params, static = partition(model)
     return compute_kernel(impl, params, static, x1, x2, trace, block_size, devices)
