@@ -263,6 +263,8 @@ def test_bad_inputs_are_clear_errors():
             nk.ntk(model, x, block_size=bad)
     with pytest.raises(TypeError, match="block_size"):
         nk.ntk(model, x, block_size=2.5)
+    with pytest.raises(ValueError, match="reference"):
+        nk.ntk(model, x, implementation="reference", block_size=2)
     with pytest.raises(ValueError, match="`v`"):
         nk.ntk_vp(model, x, jnp.ones((3, 2)))
     with pytest.raises(ValueError, match="block_size"):
