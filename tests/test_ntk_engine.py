@@ -176,11 +176,12 @@ def test_symmetric_blocks_uneven_split():
         k = nk.ntk(model, x, implementation=impl)
         _close(k, ref)
         assert jnp.array_equal(k, jnp.swapaxes(jnp.swapaxes(k, 0, 1), 2, 3))
+    _close(nk.ntk(model, x, trace=True), jnp.trace(ref, 0, 2, 3))
 
 
-def test_float32_structured_and_cnn():
-    model = _cnn(_key(16), dtype=jnp.float32)
-    x = jax.random.normal(_key(17), (6, 2, 5, 5), dtype=jnp.float32)
+def test_float32_structured_and_jacobian():
+    model = eqx.nn.MLP(4, 2, 16, 2, activation=jax.nn.relu, dtype=jnp.float32, key=_key(16))
+    x = jax.random.normal(_key(17), (9, 4), dtype=jnp.float32)
     ref = ntk_reference(model, x)
     for impl in ("structured", "jacobian"):
         k = nk.ntk(model, x, implementation=impl, block_size=4)
