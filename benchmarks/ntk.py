@@ -12,7 +12,7 @@ two never compete for cores), its times are parsed, and the ratios
 
 are printed (< 1 means ntkode is faster). Machines are noisy: compare ratios from one run.
 
-    python benchmarks/ntk.py [--quick] [--out results.json] [--large 20000]
+    python benchmarks/ntk.py [--quick] [--out results.json] [--cases cnn] [--large 20000]
 
 `--large N` instead measures one blocked train kernel of the **sine** MLP (8→512→512→1)
 with N examples, in a subprocess, and prints its time and peak resident memory.
@@ -83,9 +83,9 @@ CASES = [
 ]
 
 
-def time_ntkode(quick):
+def time_ntkode(quick, cases):
     rows = {}
-    for name, shape, build, ns in CASES:
+    for name, shape, build, ns in cases:
         model = build(jax.random.key(1))
         for n in [32] if quick else ns:
             x = jax.random.normal(jax.random.key(0), (n,) + shape)
@@ -100,7 +100,22 @@ def time_ntkode(quick):
     return rows
 
 
-def time_nt(timeout):
+def _nt_command(only):
+    """`nt_bench.py` itself, or (with `--cases`) its source restricted to those cases."""
+    if only is None:
+        return [NT_PYTHON, NT_BENCH]
+    src = open(NT_BENCH).read()
+    src = src.replace("os.path.dirname(os.path.abspath(__file__))", repr(os.path.dirname(NT_BENCH)))
+    src = src.replace(
+        "\nfor name, shape, build, ns in cases:",
+        f"\ncases = [c for c in cases if any(s in c[0] for s in {only!r})]"
+        "\nfor name, shape, build, ns in cases:",
+        1,
+    )
+    return [NT_PYTHON, "-c", src]
+
+
+def time_nt(timeout, cases, only):
     """Run nt_bench.py; return {(case, n): {1: s, 2: s, 3: s}} for the lines it printed."""
     if not (os.path.exists(NT_PYTHON) and os.path.exists(NT_BENCH)):
         print(f"neural-tangents venv or nt_bench.py not found ({NT_PYTHON}); no ratios.")
@@ -108,7 +123,7 @@ def time_nt(timeout):
     out = {}
     pattern = re.compile(r"^(.*?)\s+n=\s*(\d+) seconds (\{.*\})\s*$")
     proc = subprocess.Popen(
-        [NT_PYTHON, NT_BENCH],
+        _nt_command(only),
         cwd=os.path.dirname(NT_BENCH),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -121,7 +136,7 @@ def time_nt(timeout):
             if m:
                 out[(m.group(1).strip(), int(m.group(2)))] = ast.literal_eval(m.group(3))
                 print(f"NT      {line.rstrip()}", flush=True)
-            if len(out) >= sum(len(c[3]) for c in CASES) or time.time() - start > timeout:
+            if len(out) >= sum(len(c[3]) for c in cases) or time.time() - start > timeout:
                 break  # the infinite-width lines that follow belong to another benchmark
     finally:
         proc.kill()
@@ -157,13 +172,17 @@ def main():
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--nt-timeout", type=float, default=3600.0)
     ap.add_argument("--large", type=int, default=None, help="time a blocked n×n sine kernel")
+    ap.add_argument(
+        "--cases", nargs="+", default=None, help="only cases whose name contains one of these"
+    )
     args = ap.parse_args()
     if args.large:
         large(args.large)
         return
     print(f"devices: {jax.devices()}  cores: {os.cpu_count()}", flush=True)
-    ours = time_ntkode(args.quick)
-    theirs = {} if args.quick else time_nt(args.nt_timeout)
+    cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
+    ours = time_ntkode(args.quick, cases)
+    theirs = {} if args.quick else time_nt(args.nt_timeout, cases, args.cases)
     print(
         f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "
         f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s}"
