@@ -26,7 +26,15 @@ from ._kernel_machines import (
     kernel_regression as kernel_regression,
 )
 from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
-from ._ntk import ntk as ntk
+from ._ntk import (
+    NTVPNTK as NTVPNTK,
+    AbstractNTKImplementation as AbstractNTKImplementation,
+    JacobianNTK as JacobianNTK,
+    StructuredNTK as StructuredNTK,
+    ntk as ntk,
+    ntk_operator as ntk_operator,
+    ntk_vp as ntk_vp,
+)
 from ._path_kernel import (
     PathKernel as PathKernel,
     path_kernel as path_kernel,

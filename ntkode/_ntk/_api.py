@@ -1,13 +1,40 @@
 """The one entry point for empirical NTKs."""
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._model import partition
+from ._base import AbstractNTKImplementation
+from ._engine import compute_kernel
+from ._jacobian import JacobianNTK
+from ._ntvp import NTVPNTK
 from ._reference import ntk_reference
+from ._structured import StructuredNTK
+from ._validate import check_block_size, check_inputs
 
-_IMPLEMENTATIONS = {"reference": ntk_reference}
+_NAMES = ("auto", "structured", "jacobian", "ntvp", "reference")
+
+
+def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | str:
+    if isinstance(implementation, AbstractNTKImplementation):
+        return implementation
+    if implementation not in _NAMES:
+        raise ValueError(
+            f"Unknown `implementation` {implementation!r}; choose one of {list(_NAMES)} or "
+            "pass an `AbstractNTKImplementation` instance."
+        )
+    if implementation == "reference":
+        return "reference"
+    if implementation in ("auto", "structured"):
+        # "auto": the structured path is the fastest wherever it applies (dense and conv
+        # layers), and it falls back to Jacobian contraction (the fastest general method
+        # for models with fewer examples than parameters) for everything else.
+        return StructuredNTK(trace_hint=trace)
+    return JacobianNTK() if implementation == "jacobian" else NTVPNTK()
 
 
 def ntk(
@@ -15,28 +42,60 @@ def ntk(
     x1: Float[Array, "n1 ..."],
     x2: Float[Array, "n2 ..."] | None = None,
     *,
-    implementation: str = "auto",
+    implementation: Literal["auto", "structured", "jacobian", "ntvp", "reference"]
+    | AbstractNTKImplementation = "auto",
     trace: bool = False,
+    block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Float[Array, "n1 n2 k k"] | Float[Array, "n1 n2"]:
     r"""Empirical neural tangent kernel $\Theta(x_1, x_2) = J(x_1) J(x_2)^\top$ of an equinox model.
 
+    The kernel is taken with respect to every floating-point array in the model.
+
     **Arguments:**
 
-    - `model`: an equinox module mapping one input to its outputs; the kernel is taken with
-      respect to all of its floating-point arrays.
+    - `model`: an equinox module mapping one input to its outputs (flattened to `k`).
     - `x1`, `x2`: batches of inputs `(n1, ...)`, `(n2, ...)`; `x2` defaults to `x1`.
-    - `implementation`: `"auto"` (the fastest applicable) or one of the registered names
-      (`"reference"`: per-example Jacobians, contracted).
+    - `implementation`:
+        - `"auto"` (default): the fastest applicable, which is `"structured"` (it falls
+          back to `"jacobian"` by itself where it does not apply);
+        - `"structured"`: per-layer Gram products $(A A^\top + 1) \circ (B B^\top)$ for
+          `eqx.nn.Linear` and local Jacobians for `eqx.nn.Conv` layers, Jacobian contraction
+          for any other parameters; models it cannot tap fall back to `"jacobian"`;
+        - `"jacobian"`: per-example Jacobians, contracted (any model);
+        - `"ntvp"`: `jvp`s of per-example `vjp`s (any model; for few examples and very
+          many parameters);
+        - `"reference"`: the simple reference (no blocking or devices);
+        - or an `AbstractNTKImplementation` instance.
     - `trace`: if `True`, sum over the output diagonal and return `(n1, n2)`.
+    - `block_size`: compute the kernel `block_size` rows at a time, so that peak memory is
+      `O(block_size × parameters + n1·n2)` instead of `O(n × parameters)`.
+    - `devices`: spread row blocks over these devices with `jax.sharding` (e.g.
+      `jax.devices()`); `None` uses the default device. On several hosts, call
+      `jax.distributed.initialize()` first and pass the global `jax.devices()`.
 
     **Returns:** the kernel, shape `(n1, n2, k, k)` (or `(n1, n2)` with `trace=True`).
+
+    Reference: Novak, Sohl-Dickstein, Schoenholz (2022), "Fast finite width neural tangent
+    kernel", ICML.
     """
-    if implementation == "auto":
-        implementation = "reference"
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            f"Unknown `implementation` {implementation!r}; choose 'auto' or one of "
-            f"{sorted(_IMPLEMENTATIONS)}."
-        )
-    k = _IMPLEMENTATIONS[implementation](model, x1, x2)
-    return jnp.trace(k, axis1=2, axis2=3) if trace else k
+    impl = _resolve(implementation, trace)
+    check_block_size(block_size)
+    x1, x2 = check_inputs(model, x1, x2)
+    if devices is not None:
+        devices = list(devices)
+        if not devices or not all(isinstance(d, jax.Device) for d in devices):
+            raise TypeError(
+                "`devices` must be a non-empty sequence of jax devices (e.g. jax.devices()), "
+                f"got {devices!r}."
+            )
+    if impl == "reference":
+        if block_size is not None or devices is not None:
+            raise ValueError(
+                "implementation='reference' computes the kernel in one piece on one device; "
+                "drop `block_size`/`devices` or choose another implementation."
+            )
+        k = ntk_reference(model, x1, x2)
+        return jnp.trace(k, axis1=2, axis2=3) if trace else k
+    params, static = partition(model)
+    return compute_kernel(impl, params, static, x1, x2, trace, block_size, devices)

@@ -1,0 +1,207 @@
+"""Empirical-NTK speed: ntkode against neural-tangents 0.6.5 on the same cases, in one run.
+
+Cases are those of `../shared/anchors/nt_bench.py` (same shapes, standard parameterisation,
+no biases, float32). For each, ntkode's best-of-5 steady-state time (after one compiled
+warm-up) is printed for `implementation="auto"` (structured) and `"jacobian"` (the general
+path). When the neural-tangents virtualenv exists (`~/.cache/ntvenv/bin/python`, built by
+`setup_ntvenv.sh`), `nt_bench.py` runs as a subprocess in the same run (after ntkode, so the
+two never compete for cores), its times are parsed, and the ratios
+
+- `auto / NT best`: ntkode's default against neural-tangents' fastest implementation,
+- `jacobian / NT jac`: ntkode's general path against neural-tangents' Jacobian contraction,
+
+are printed (< 1 means ntkode is faster). Machines are noisy: compare ratios from one run.
+
+    python benchmarks/ntk.py [--quick] [--out results.json] [--cases cnn] [--large 20000]
+
+`--large N` instead measures one blocked train kernel of the **sine** MLP (8→512→512→1)
+with N examples, in a subprocess, and prints its time and peak resident memory.
+"""
+
+import argparse
+import ast
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import ntkode as nk  # noqa: E402
+
+NT_PYTHON = os.path.expanduser("~/.cache/ntvenv/bin/python")
+NT_BENCH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "anchors", "nt_bench.py"))
+
+
+def best(fn, *args, k=5):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(k):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def mlp(d, width, depth):
+    return lambda key: eqx.nn.MLP(
+        d, 1, width, depth, activation=jax.nn.relu, use_bias=False, use_final_bias=False, key=key
+    )
+
+
+def cnn(ch):
+    def build(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        conv = lambda cin, k: eqx.nn.Conv2d(cin, ch, 3, padding="SAME", use_bias=False, key=k)
+        return eqx.nn.Sequential(
+            [
+                conv(1, k1),
+                eqx.nn.Lambda(jax.nn.relu),
+                conv(ch, k2),
+                eqx.nn.Lambda(jax.nn.relu),
+                eqx.nn.Lambda(jnp.ravel),
+                eqx.nn.Linear(ch * 16 * 16, 1, use_bias=False, key=k3),
+            ]
+        )
+
+    return build
+
+
+# (name as printed by nt_bench.py, input shape for equinox (CHW for images), model, ns)
+CASES = [
+    ("mlp 8-512-512-1", (8,), mlp(8, 512, 2), [256, 1024]),
+    ("mlp 784-1024x3-1", (784,), mlp(784, 1024, 3), [256]),
+    ("cnn 16x16x1 conv32x2 dense1", (1, 16, 16), cnn(32), [256]),
+]
+
+
+def time_ntkode(quick, cases):
+    rows = {}
+    for name, shape, build, ns in cases:
+        model = build(jax.random.key(1))
+        for n in [32] if quick else ns:
+            x = jax.random.normal(jax.random.key(0), (n,) + shape)
+            row = {}
+            for impl in ("auto", "jacobian"):
+                row[impl] = best(lambda x, i=impl: nk.ntk(model, x, implementation=i), x)
+            rows[(name, n)] = row
+            print(
+                f"ntkode  {name:30s} n={n:5d} " + " ".join(f"{k}={v:.5f}s" for k, v in row.items()),
+                flush=True,
+            )
+    return rows
+
+
+def _nt_command(only):
+    """`nt_bench.py` itself, or (with `--cases`) its source restricted to those cases."""
+    if only is None:
+        return [NT_PYTHON, NT_BENCH]
+    src = open(NT_BENCH).read()
+    src = src.replace("os.path.dirname(os.path.abspath(__file__))", repr(os.path.dirname(NT_BENCH)))
+    src = src.replace(
+        "\nfor name, shape, build, ns in cases:",
+        f"\ncases = [c for c in cases if any(s in c[0] for s in {only!r})]"
+        "\nfor name, shape, build, ns in cases:",
+        1,
+    )
+    return [NT_PYTHON, "-c", src]
+
+
+def time_nt(timeout, cases, only):
+    """Run nt_bench.py; return {(case, n): {1: s, 2: s, 3: s}} for the lines it printed."""
+    if not (os.path.exists(NT_PYTHON) and os.path.exists(NT_BENCH)):
+        print(f"neural-tangents venv or nt_bench.py not found ({NT_PYTHON}); no ratios.")
+        return {}
+    out = {}
+    pattern = re.compile(r"^(.*?)\s+n=\s*(\d+) seconds (\{.*\})\s*$")
+    proc = subprocess.Popen(
+        _nt_command(only),
+        cwd=os.path.dirname(NT_BENCH),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    start = time.time()
+    try:
+        for line in proc.stdout:
+            m = pattern.match(line.rstrip())
+            if m:
+                out[(m.group(1).strip(), int(m.group(2)))] = ast.literal_eval(m.group(3))
+                print(f"NT      {line.rstrip()}", flush=True)
+            if len(out) >= sum(len(c[3]) for c in cases) or time.time() - start > timeout:
+                break  # the infinite-width lines that follow belong to another benchmark
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
+
+
+def large(n):
+    """One blocked train kernel of the sine MLP in a fresh process: time and peak memory."""
+    code = f"""
+import time, resource, jax, equinox as eqx, ntkode as nk
+data = nk.datasets.sine(n_train={n}, n_test=1, dim=8, key=jax.random.key(0))
+model = eqx.nn.MLP(8, 1, 512, 2, activation=jax.nn.relu, key=jax.random.key(1))
+t = time.perf_counter()
+k = jax.block_until_ready(nk.ntk(model, data.x_train, block_size=1000))
+dt = time.perf_counter() - t
+print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2),
+      "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    print(res.stdout.strip() or res.stderr[-2000:])
+    kernel_gb = n * n * 4 / 2**30
+    print(
+        f"(the float32 kernel itself is {kernel_gb:.2f} GB; children peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.3f} GB)"
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="n=32 only, no neural-tangents run")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--nt-timeout", type=float, default=3600.0)
+    ap.add_argument("--large", type=int, default=None, help="time a blocked n×n sine kernel")
+    ap.add_argument(
+        "--cases", nargs="+", default=None, help="only cases whose name contains one of these"
+    )
+    args = ap.parse_args()
+    if args.large:
+        large(args.large)
+        return
+    print(f"devices: {jax.devices()}  cores: {os.cpu_count()}", flush=True)
+    cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
+    ours = time_ntkode(args.quick, cases)
+    theirs = {} if args.quick else time_nt(args.nt_timeout, cases, args.cases)
+    print(
+        f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "
+        f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s}"
+    )
+    results = []
+    for (name, n), row in ours.items():
+        nt = theirs.get((name, n))
+        nt_best = min(nt.values()) if nt else None
+        r1 = f"{row['auto'] / nt_best:12.2f}" if nt else f"{'-':>12s}"
+        r2 = f"{row['jacobian'] / nt[1]:10.2f}" if nt else f"{'-':>10s}"
+        print(
+            f"{name:30s} {n:5d} {row['auto']:9.5f} {row['jacobian']:9.5f} "
+            f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2}"
+        )
+        results.append({"case": name, "n": n, "ntkode": row, "neural_tangents": nt})
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
