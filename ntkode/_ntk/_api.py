@@ -46,7 +46,7 @@ def ntk(
     | AbstractNTKImplementation = "auto",
     trace: bool = False,
     block_size: int | None = None,
-    devices: Sequence[jax.Device] | None = None,
+    devices: Sequence[Any] | None = None,
 ) -> Float[Array, "n1 n2 k k"] | Float[Array, "n1 n2"]:
     r"""Empirical neural tangent kernel $\Theta(x_1, x_2) = J(x_1) J(x_2)^\top$ of an equinox model.
 

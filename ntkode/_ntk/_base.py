@@ -79,4 +79,5 @@ def contract_jacobians(
     for a, b in zip(j1, j2, strict=True):
         term = jnp.einsum(spec, a, b)
         out = term if out is None else out + term
+    assert out is not None, "a model with no parameters has no NTK"
     return out
