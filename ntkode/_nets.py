@@ -39,7 +39,7 @@ class Dense(eqx.Module):
         w = jax.random.normal(kw, (out_size, in_size), dtype)
         b = None if b_std is None else jax.random.normal(kb, (out_size,), dtype)
         if parameterization == "standard":
-            w = w * (W_std / np.sqrt(in_size))
+            w = w * float(W_std / np.sqrt(in_size))  # weak type: keep `dtype`
             b = None if (b is None or b_std is None) else b * b_std
         self.weight, self.bias = w, b
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
@@ -48,7 +48,8 @@ class Dense(eqx.Module):
     def scales(self) -> tuple[float, float]:
         """Multipliers of `W x` and `b` in the forward pass."""
         if self.parameterization == "ntk":
-            return self.W_std / np.sqrt(self.weight.shape[1]), (self.b_std or 0.0)
+            # Python floats are weakly typed: a float32 network stays float32 under x64.
+            return float(self.W_std / np.sqrt(self.weight.shape[1])), float(self.b_std or 0.0)
         return 1.0, 1.0
 
     def __call__(self, x):
