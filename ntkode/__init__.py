@@ -22,6 +22,10 @@ from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
 # -- fast NTK engine (issue 3) --
 
 # -- scheduled kernels (issue 4) --
+from . import schedules as schedules
+from ._certify import Certificate as Certificate, certify as certify
+from ._grid import KernelGrid as KernelGrid
+from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
 
 # -- grid tuning (issue 5) --
 

@@ -1,0 +1,283 @@
+r"""`ScheduledKernelProblem`: the linear-parameter-varying NTK surrogate (DESIGN §1, seed 000).
+
+$du/dt = -\eta\,\Theta(s)\,\nabla_u L$, $du_*/dt = -\eta\,\Theta_*(s)\,\nabla_u L$ with
+$\Theta(s) = \sum_g w_g(s)\Theta_g$ and $s = \sigma(t, u)$.
+
+Solving (`solver=None`):
+
+- MSE, a time schedule and [`ntkode.schedules.PiecewiseConstant`][] weights: the system is
+  linear time-invariant between switching times, so it is solved *exactly* by one
+  eigendecomposition per node and matrix exponentials per segment (no steps, no stiffness).
+- anything else: an adaptive diffrax solve (`Tsit5` with `solve`'s controller). The vector
+  field touches only the `support` active kernels. Training stiffens as it goes (DESIGN §5);
+  if the step budget runs out the solution's `retcode` says `max_steps_reached` with advice
+  (pass `throw=True` to raise), never silently. Pass a stiff solver such as
+  `diffrax.Kvaerno5()` for very stiff grids.
+
+Everything in the solve path is `jnp` code without Python branching on values, so the
+solution is differentiable with respect to node positions and kernel entries.
+"""
+
+import warnings
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._data import Dataset
+from ._errors import check_finite
+from ._grid import KernelGrid
+from ._interp import AbstractInterpolation, Linear, PiecewiseConstant
+from ._losses import MSE, AbstractLoss, mse
+from ._problems import AbstractProblem, SolveOptions, _init_common, _initial, solve_function_space
+from ._schedule import AbstractSchedule, Time
+from ._solution import Solution, from_diffrax
+
+
+class ScheduleRangeWarning(UserWarning):
+    """The scheduling variable left the grid's node range; the kernel was clamped."""
+
+
+_WARNED: set[tuple[float, float]] = set()
+
+
+def _warn_outside(lo, hi, first, last) -> None:
+    lo, hi = float(np.min(lo)), float(np.max(hi))
+    first, last = float(np.min(first)), float(np.max(last))
+    span = max(last - first, 1e-300)
+    if lo < first - 1e-9 * span or hi > last + 1e-9 * span:
+        key = (first, last)
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+        warnings.warn(
+            f"The scheduling variable ranged over [{lo:.6g}, {hi:.6g}] but the grid's nodes "
+            f"span [{first:.6g}, {last:.6g}]; outside them the end kernels were used "
+            "(clamped). Extend the grid to cover the run for a faithful surrogate. "
+            "(Warned once per grid range.)",
+            ScheduleRangeWarning,
+            stacklevel=2,
+        )
+
+
+class ScheduledKernelField(eqx.Module):
+    r"""$(du/dt, du_*/dt)$ of the scheduled kernel flow; `args` is the learning rate."""
+
+    grid: KernelGrid
+    schedule: AbstractSchedule
+    interpolation: AbstractInterpolation
+    y: Array
+    loss: AbstractLoss
+
+    def kernel_weights(self, t, u):
+        s = self.schedule(t, u, self.y, self.loss)
+        return self.interpolation.local(s, self.grid.nodes)
+
+    def __call__(self, t, state, learning_rate):
+        u, us = state
+        idx, w = self.kernel_weights(t, u)
+        g = self.loss.grad(u, self.y).reshape(-1)
+        du = -learning_rate * self.grid.train_matvec(idx, w, g).reshape(u.shape)
+        dus = -learning_rate * self.grid.test_matvec(idx, w, g).reshape(us.shape)
+        return du, dus
+
+
+class ScheduledKernelProblem(AbstractProblem):
+    r"""The scheduled-NTK surrogate: kernels interpolated along a scheduling variable.
+
+    **Arguments:**
+
+    - `grid`: a [`ntkode.KernelGrid`][] whose kernels match `data`.
+    - `data`: a [`ntkode.Dataset`][].
+    - `schedule`: a scheduling variable from [`ntkode.schedules`][] (default `Time()`).
+    - `interpolation`: convex weights from [`ntkode.schedules`][] (default `Linear()`).
+    - `loss`, `tspan`, `learning_rate`: as in [`ntkode.KernelFlowProblem`][].
+    - `u0_train`, `u0_test`: outputs at `t0`; default the grid's remembered initial outputs
+      (those of the reference run), else zeros.
+
+    Solve it with [`ntkode.solve`][]; see the module notes for the solvers used.
+    """
+
+    grid: KernelGrid
+    schedule: AbstractSchedule
+    interpolation: AbstractInterpolation
+    u0_train: Float[Array, "n k"]
+    u0_test: Float[Array, "m k"]
+    data: Dataset
+    loss: AbstractLoss
+    tspan: tuple[Array, Array]
+    learning_rate: Array
+
+    def __init__(
+        self,
+        grid: KernelGrid,
+        data,
+        schedule: AbstractSchedule = Time(),
+        interpolation: AbstractInterpolation = Linear(),
+        loss=mse,
+        tspan=(0.0, 1.0),
+        learning_rate=1.0,
+        u0_train=None,
+        u0_test=None,
+    ):
+        _init_common(self, data, loss, tspan, learning_rate)
+        if not isinstance(grid, KernelGrid):
+            raise TypeError(f"`grid` must be an ntkode.KernelGrid, got {type(grid).__name__}.")
+        if not isinstance(schedule, AbstractSchedule):
+            raise TypeError(
+                "`schedule` must be a scheduling variable from ntkode.schedules "
+                f"(e.g. schedules.Time()), got {type(schedule).__name__}."
+            )
+        if not isinstance(interpolation, AbstractInterpolation):
+            raise TypeError(
+                "`interpolation` must come from ntkode.schedules (Linear, Smoothstep, "
+                f"PiecewiseConstant), got {type(interpolation).__name__}."
+            )
+        n, m, k = data.n_train, data.n_test, data.n_outputs
+        if grid.n_outputs != k or grid.dim != n * k:
+            raise ValueError(
+                f"The grid's kernels are for {grid.n_train} train examples with "
+                f"{grid.n_outputs} output(s) (size {grid.dim}) but `data` has {n} examples "
+                f"with {k} output(s); build the grid on the same training set."
+            )
+        if grid.n_test_outputs not in (m * k, 0):
+            raise ValueError(
+                f"The grid's test kernels have {grid.n_test_outputs} rows but `data` has {m} "
+                f"test examples with {k} output(s) ({m * k} rows)."
+            )
+        dtype = data.y_train.dtype
+        if grid.n_test_outputs == 0 and m:
+            # A grid without test kernels: test outputs stay where they start.
+            grid = _with_zero_test(grid, m * k)
+        if u0_train is None and grid.u0_train is not None:
+            u0_train = grid.u0_train
+        if u0_test is None and grid.u0_test is not None and grid.u0_test.shape == (m, k):
+            u0_test = grid.u0_test
+        self.grid = grid
+        self.schedule = schedule
+        self.interpolation = interpolation
+        self.u0_train = _initial("u0_train", u0_train, (n, k), dtype)
+        self.u0_test = _initial("u0_test", u0_test, (m, k), dtype)
+        check_finite("u0_train", self.u0_train)
+
+    @property
+    def vector_field(self) -> ScheduledKernelField:
+        return ScheduledKernelField(
+            self.grid, self.schedule, self.interpolation, self.data.y_train, self.loss
+        )
+
+    @property
+    def exact(self) -> bool:
+        """True when `solve` with no solver uses exact exponentials (see the module notes)."""
+        return (
+            isinstance(self.loss, MSE)
+            and not self.schedule.depends_on_state
+            and isinstance(self.interpolation, PiecewiseConstant)
+        )
+
+    def _solve(self, solver, options: SolveOptions) -> Solution:
+        if options.save_weights:
+            raise ValueError("`save_weights=True` applies to GradientFlowProblem only.")
+        if solver is None and self.exact:
+            sol = self._solve_exact(options)
+        else:
+            sol = solve_function_space(self, self.vector_field, solver, options, kind="scheduled")
+        self._range_check(sol)
+        return sol
+
+    def _range_check(self, sol: Solution) -> None:
+        field = self.vector_field
+        s = jax.vmap(lambda t, u: field.schedule(t, u, field.y, field.loss))(sol.t, sol.train)
+        if not self.schedule.depends_on_state:
+            s = jnp.concatenate([s, jnp.stack([self.t0, self.t1]).astype(s.dtype)])
+        s = jnp.where(jnp.isfinite(s), s, self.grid.nodes[0])
+        jax.debug.callback(
+            _warn_outside, jnp.min(s), jnp.max(s), self.grid.nodes[0], self.grid.nodes[-1]
+        )
+
+    def _solve_exact(self, options: SolveOptions) -> Solution:
+        """Piecewise-constant-in-time MSE flow: exact exponentials on each segment."""
+        grid = self.grid
+        dtype = self.u0_train.dtype
+        # One dtype throughout (float32 data with float64 times would break the scan carry).
+        ts = options.ts.astype(dtype)
+        lam, vec, basis = (a.astype(dtype) for a in grid.spectral())
+        c = (self.learning_rate / self.data.n_train).astype(dtype)
+        y = self.data.y_train.reshape(-1)
+        bounds = self.interpolation.boundaries(grid.nodes.astype(dtype))
+        start = jnp.clip(bounds[:-1], self.t0.astype(dtype), self.t1.astype(dtype))
+        end = jnp.clip(bounds[1:], self.t0.astype(dtype), self.t1.astype(dtype))
+        member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
+        r0 = self.u0_train.reshape(-1) - y
+        us0 = self.u0_test.reshape(-1)
+
+        def propagate(lam_g, vec_g, basis_g, r, us, tau):
+            # r(τ) = r + V (e^{-cλτ} - 1) Vᵀ r (the part outside a low-rank basis stays put);
+            # u*(τ) = u* - c Θ* V φ(τ) Vᵀ r with φ(τ) = ∫_0^τ e^{-cλσ} dσ.
+            coef = vec_g.T @ r
+            x = c * lam_g * tau
+            small = jnp.abs(x) < 1e-6
+            safe = jnp.where(small, 1.0, c * lam_g)
+            phi = jnp.where(small, tau * (1 - 0.5 * x), -jnp.expm1(-x) / safe)
+            r_new = r + vec_g @ (jnp.expm1(-x) * coef)
+            us_new = us - c * basis_g @ (phi * coef)
+            return r_new, us_new
+
+        def segment(carry, inputs):
+            r, us, out_r, out_us = carry
+            lam_g, vec_g, basis_g, a, b, mask = inputs
+            tau = jnp.clip(ts - a, 0.0, b - a)
+            rt, ust = jax.vmap(lambda tt: propagate(lam_g, vec_g, basis_g, r, us, tt))(tau)
+            out_r = jnp.where(mask[:, None], rt, out_r)
+            out_us = jnp.where(mask[:, None], ust, out_us)
+            r, us = propagate(lam_g, vec_g, basis_g, r, us, b - a)
+            return (r, us, out_r, out_us), None
+
+        T = ts.shape[0]
+        init = (
+            r0,
+            us0,
+            jnp.zeros((T,) + r0.shape, r0.dtype),
+            jnp.zeros((T,) + us0.shape, r0.dtype),
+        )
+        (_, _, rs, uss), _ = jax.lax.scan(segment, init, (lam, vec, basis, start, end, member))
+        active = jnp.argmax(member, axis=0)
+        g = rs * c  # ∇_u L = r / n for mean MSE, times η: c·r
+        du = -jax.vmap(lambda i, v: grid.train_matvec(i[None], jnp.ones((1,), v.dtype), v))(
+            active, g
+        )
+        dus = -jax.vmap(lambda i, v: grid.test_matvec(i[None], jnp.ones((1,), v.dtype), v))(
+            active, g
+        )
+        n, k = self.u0_train.shape
+        m = self.u0_test.shape[0]
+        zero = jnp.array(0)
+        return Solution(
+            t=ts,
+            train=(rs + y).reshape(T, n, k),
+            test=uss.reshape(T, m, k),
+            train_dot=du.reshape(T, n, k),
+            test_dot=dus.reshape(T, m, k),
+            weights=None,
+            result=from_diffrax(diffrax.RESULTS.successful),
+            stats={"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero},
+            y_train=self.data.y_train,
+            y_test=self.data.y_test,
+            loss=self.loss,
+            kind="scheduled",
+        )
+
+
+def _with_zero_test(grid: KernelGrid, rows: int) -> KernelGrid:
+    G, nk = grid.size, grid.dim
+    if grid.low_rank:
+        zero = jnp.zeros((G, rows, grid.rank), grid.eigvals.dtype)
+        return eqx.tree_at(lambda g: g.test_basis, grid, zero)
+    zero = jnp.zeros((G, rows, nk), grid.kernel_train.dtype)
+    return eqx.tree_at(lambda g: g.kernel_test, grid, zero)
+
+
+__all__ = ["ScheduleRangeWarning", "ScheduledKernelField", "ScheduledKernelProblem"]

@@ -1,0 +1,348 @@
+"""Scheduled-NTK surrogate: kernel grids, schedules, interpolation, exact and ODE solves."""
+
+import warnings
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntkode as nk
+from ntkode import schedules as S
+
+
+def _psd(key, G, n, rank=None, shift=0.0):
+    a = jax.random.normal(key, (G, n, rank or n))
+    return jnp.einsum("gir,gjr->gij", a, a) + shift * jnp.eye(n)
+
+
+def _data(n=8, m=5, d=3, key=0):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    x, xs = jax.random.normal(k1, (n, d)), jax.random.normal(k2, (m, d))
+    return nk.Dataset(x, jnp.sin(x.sum(1)), xs, jnp.sin(xs.sum(1)))
+
+
+def _grid(data, G=3, key=1, nodes=None):
+    k1, k2 = jax.random.split(jax.random.key(key))
+    kt = _psd(k1, G, data.n_train, shift=0.1)
+    ks = jax.random.normal(k2, (G, data.n_test, data.n_train))
+    nodes = jnp.linspace(0.0, 2.0, G) if nodes is None else nodes
+    return nk.KernelGrid(nodes, kt, ks)
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+@pytest.mark.parametrize(
+    "interp",
+    [
+        S.Linear(),
+        S.Smoothstep(),
+        S.Smoothstep(order=2),
+        S.PiecewiseConstant(),
+        S.PiecewiseConstant(mode="left"),
+    ],
+)
+def test_weights_are_convex_and_interpolate(interp):
+    nodes = jnp.array([-1.0, 0.0, 0.5, 2.0, 7.0])
+    s = jnp.linspace(-3.0, 9.0, 241)
+    w = jax.vmap(lambda x: interp.weights(x, nodes))(s)
+    assert bool(jnp.all(w >= 0))
+    # Sum to one up to round-off of 1 - a + a.
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-14)
+    # Every interpolation reproduces the grid kernel at its own node.
+    np.testing.assert_allclose(jax.vmap(lambda x: interp.weights(x, nodes))(nodes), jnp.eye(5))
+    # Clamped outside: the end kernels.
+    np.testing.assert_allclose(w[0], jnp.eye(5)[0])
+    np.testing.assert_allclose(w[-1], jnp.eye(5)[-1])
+
+
+def test_smoothstep_weights_are_c1():
+    nodes = jnp.array([0.0, 1.0, 3.0])
+    dw = jax.vmap(jax.jacfwd(lambda x: S.Smoothstep().weights(x, nodes)))
+    # Derivatives just left and right of the inner node agree (C¹), unlike hat functions.
+    eps = 1e-7
+    np.testing.assert_allclose(dw(jnp.array([1 - eps])), dw(jnp.array([1 + eps])), atol=1e-6)
+    lin = jax.vmap(jax.jacfwd(lambda x: S.Linear().weights(x, nodes)))
+    assert float(jnp.max(jnp.abs(lin(jnp.array([1 - eps])) - lin(jnp.array([1 + eps]))))) > 0.4
+
+
+# ---------------------------------------------------------------- agreement
+
+
+def test_single_node_equals_frozen_flow():
+    data = _data()
+    grid = _grid(data, G=1, nodes=jnp.array([0.0]))
+    frozen = nk.KernelFlowProblem(
+        grid.kernel_train[0],
+        data,
+        tspan=(0.0, 3.0),
+        kernel_test=grid.kernel_test[0],
+        u0_train=jnp.ones((8, 1)),
+    )
+    ref = nk.solve(frozen, saveat=13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+        for interp in (S.PiecewiseConstant(), S.Linear()):
+            for sched in (S.Time(), S.LossLevel()):
+                p = nk.ScheduledKernelProblem(
+                    grid, data, sched, interp, tspan=(0.0, 3.0), u0_train=jnp.ones((8, 1))
+                )
+                sol = nk.solve(p, saveat=13, rtol=1e-10, atol=1e-12)
+                # Exact path: round-off; ODE path: rtol 1e-10 over a contracting flow.
+                tol = 1e-12 if p.exact else 1e-8
+                assert _rel(sol.train, ref.train) < tol
+                assert _rel(sol.test, ref.test) < tol
+
+
+def _pc_problem(dtype, mode):
+    data = _data().astype(dtype)
+    g = _grid(_data(), G=4)
+    grid = nk.KernelGrid(
+        g.nodes.astype(dtype), g.kernel_train.astype(dtype), g.kernel_test.astype(dtype)
+    )
+    return nk.ScheduledKernelProblem(
+        grid, data, interpolation=S.PiecewiseConstant(mode), tspan=(0.0, 2.0)
+    )
+
+
+@pytest.mark.parametrize("mode", ["nearest", "left"])
+def test_exact_piecewise_constant_agrees_with_ode(mode):
+    p = _pc_problem(jnp.float64, mode)
+    assert p.exact
+    ts = (jnp.linspace(0.0, 2.0, 9) + 0.01).at[-1].set(2.0)  # off the switching times
+    a = nk.solve(p, saveat=ts)
+    b = nk.solve(p, diffrax.Tsit5(), saveat=ts, rtol=1e-10, atol=1e-12)
+    # ODE steps across the kernel switches limit agreement to about rtol.
+    for f in ("train", "test", "train_dot", "test_dot"):
+        assert _rel(getattr(a, f), getattr(b, f)) < 1e-7
+    # float32: the exact path in single precision against the float64 one.
+    c = nk.solve(_pc_problem(jnp.float32, mode), saveat=ts.astype(jnp.float32))
+    assert c.train.dtype == jnp.float32
+    # float32 eigendecompositions of kernels with condition ~1e3: ~1e-4 relative.
+    assert _rel(c.train, a.train) < 1e-4 and _rel(c.test, a.test) < 1e-4
+
+
+def _linear_setup(T=2.0):
+    data = _data(n=10, m=4, d=3)
+    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(2))
+    ts = jnp.linspace(0.0, T, 21)
+    sol = nk.solve(
+        nk.GradientFlowProblem(model, data, tspan=(0.0, T)),
+        saveat=ts,
+        save_weights=True,
+        rtol=1e-11,
+        atol=1e-12,
+    )
+    return data, model, ts, sol
+
+
+def test_linear_model_every_grid_is_exact():
+    # A linear model's NTK is [X 1][X 1]ᵀ at every weight state: any grid is exact.
+    data, model, ts, sol = _linear_setup()
+    for sched, times in ((S.Time(), ts[::10]), (S.LossLevel(), ts[::5]), (S.Time(), ts[:1])):
+        grid = nk.KernelGrid.from_solution(sol, times, model, data, schedule=sched)
+        x1 = jnp.concatenate([data.x_train, jnp.ones((10, 1))], 1)
+        np.testing.assert_allclose(grid.kernel_train[0], x1 @ x1.T, atol=1e-12)
+        for interp in (S.Linear(), S.PiecewiseConstant(), S.Smoothstep()):
+            p = nk.ScheduledKernelProblem(grid, data, sched, interp, tspan=(0.0, 2.0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+                s = nk.solve(p, saveat=ts, rtol=1e-11, atol=1e-12)
+            assert _rel(s.train, sol.train) < 1e-8
+            assert _rel(s.test, sol.test) < 1e-8
+
+
+def test_from_solution_matches_true_velocity_at_nodes():
+    data = _data(n=6, m=3, d=2)
+    model = eqx.nn.MLP(2, "scalar", 8, 1, activation=jax.nn.softplus, key=jax.random.key(0))
+    ts = jnp.linspace(0.0, 1.0, 5)
+    sol = nk.solve(
+        nk.GradientFlowProblem(model, data, tspan=(0.0, 1.0)),
+        saveat=ts,
+        save_weights=True,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    grid = nk.KernelGrid.from_solution(sol, ts[jnp.array([0, 2, 4])], model, data)
+    np.testing.assert_allclose(grid.times, ts[jnp.array([0, 2, 4])])
+    for g, i in enumerate((0, 2, 4)):
+        r = (sol.train[i] - sol.y_train).reshape(-1) / 6
+        # The chain rule du/dt = -Θ ∇L holds to round-off at every node.
+        np.testing.assert_allclose(
+            -grid.kernel_train[g] @ r, sol.train_dot[i].ravel(), rtol=1e-9, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            -grid.kernel_test[g] @ r, sol.test_dot[i].ravel(), rtol=1e-9, atol=1e-12
+        )
+    # Loss-scheduled: nodes are log-losses, sorted increasingly (latest time first).
+    gl = nk.KernelGrid.from_solution(
+        sol, ts[jnp.array([0, 2, 4])], model, data, schedule=S.LossLevel()
+    )
+    np.testing.assert_allclose(gl.nodes, jnp.log(sol.train_loss[jnp.array([4, 2, 0])]))
+    np.testing.assert_allclose(gl.kernel_train[0], grid.kernel_train[2])
+
+
+def test_low_rank_full_rank_equals_dense_and_reports_error():
+    data = _data()
+    grid = _grid(data, G=3)
+    full = grid.compress(8)
+    p = lambda g: nk.ScheduledKernelProblem(g, data, tspan=(0.0, 2.0), u0_train=jnp.ones((8, 1)))
+    a, b = nk.solve(p(grid), saveat=5, rtol=1e-10), nk.solve(p(full), saveat=5, rtol=1e-10)
+    assert _rel(a.train, b.train) < 1e-8 and _rel(a.test, b.test) < 1e-8
+    np.testing.assert_allclose(full.compression_error, 0.0, atol=1e-13)
+    low = grid.compress(3)
+    lam = jnp.linalg.eigvalsh(grid.kernel_train)
+    expect = jnp.sqrt(jnp.sum(lam[:, :5] ** 2, 1) / jnp.sum(lam**2, 1))
+    np.testing.assert_allclose(low.compression_error[:, 0], expect, rtol=1e-10)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(low.dense_train() - grid.kernel_train, axis=(1, 2))
+        / jnp.linalg.norm(grid.kernel_train, axis=(1, 2)),
+        expect,
+        rtol=1e-8,
+    )
+    # Low-rank grids use the same exact path.
+    q = nk.ScheduledKernelProblem(low, data, interpolation=S.PiecewiseConstant(), tspan=(0, 2.0))
+    r = nk.ScheduledKernelProblem(low, data, interpolation=S.PiecewiseConstant(), tspan=(0, 2.0))
+    ts = jnp.array([0.0, 0.3, 1.2, 2.0])
+    ode = nk.solve(r, diffrax.Tsit5(), saveat=ts, rtol=1e-10, atol=1e-12)
+    assert _rel(nk.solve(q, saveat=ts).train, ode.train) < 1e-7
+
+
+# ---------------------------------------------------------------- differentiability
+
+
+@pytest.mark.parametrize("interp", [S.PiecewiseConstant(), S.Smoothstep()])
+def test_gradient_wrt_nodes_matches_finite_differences(interp):
+    data = _data(n=6, m=2)
+    grid = _grid(data, G=3)
+    ts = jnp.linspace(0.0, 3.0, 8)  # no saved time on a switching point (kinks there)
+
+    def objective(nodes):
+        g = eqx.tree_at(lambda x: x.nodes, grid, nodes)
+        p = nk.ScheduledKernelProblem(
+            g, data, interpolation=interp, tspan=(0.0, 3.0), u0_train=jnp.ones((6, 1))
+        )
+        s = nk.solve(p, saveat=ts, rtol=1e-12, atol=1e-12)
+        return jnp.sum(s.train**2) + jnp.sum(s.test**2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+        grad = jax.grad(objective)(grid.nodes)
+        e = 1e-6
+        fd = [
+            (objective(grid.nodes.at[i].add(e)) - objective(grid.nodes.at[i].add(-e))) / (2 * e)
+            for i in range(3)
+        ]
+    # Central differences with h = 1e-6 carry ~1e-8 relative error; ODE solves at 1e-12.
+    np.testing.assert_allclose(grad, jnp.array(fd), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- certificate
+
+
+def test_certificate_bounds_solved_residuals():
+    data = _data()
+    kt = _psd(jax.random.key(5), 4, 8, rank=3, shift=0.5)  # well-conditioned from below
+    grid = nk.KernelGrid(jnp.array([-3.0, -2.0, -1.0, 0.0]), kt)
+    cert = nk.certify(grid, learning_rate=2.0)
+    lam = jnp.linalg.eigvalsh(kt)
+    np.testing.assert_allclose(cert.lambda_min, lam[:, 0])
+    np.testing.assert_allclose(cert.rate, 2.0 * lam[:, 0].min() / 8)
+    assert float(cert.rate) > 0
+    for sched in (S.LossLevel(), S.ResidualNorm(), S.Time()):
+        for interp in (S.Linear(), S.Smoothstep()):
+            p = nk.ScheduledKernelProblem(
+                grid,
+                data,
+                sched,
+                interp,
+                tspan=(0.0, 6.0),
+                learning_rate=2.0,
+                u0_train=3 * jnp.ones((8, 1)),
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+                sol = nk.solve(p, saveat=31, rtol=1e-10, atol=1e-12)
+            r = jnp.linalg.norm((sol.train - sol.y_train).reshape(31, -1), axis=1)
+            bound = cert.bound(sol.t, r[0])
+            # Bound holds up to the solver's tolerance; and it is not vacuous here.
+            assert bool(jnp.all(r <= bound * (1 + 1e-8)))
+            assert float(r[-1]) < 0.9 * float(r[0])
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_nodes():
+    data = _data()
+    kt = _psd(jax.random.key(0), 3, 8)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        nk.KernelGrid(jnp.array([0.0, 2.0, 1.0]), kt)
+    with pytest.raises(ValueError, match="repeated"):
+        nk.KernelGrid(jnp.array([0.0, 1.0, 1.0]), kt)
+    with pytest.raises(ValueError, match="non-finite"):
+        nk.KernelGrid(jnp.array([0.0, 1.0, jnp.nan]), kt)
+    with pytest.raises(ValueError, match="3 values"):
+        nk.KernelGrid(jnp.array([0.0, 1.0, 2.0]), kt[:2])
+    del data
+
+
+def test_bad_kernels():
+    kt = _psd(jax.random.key(0), 2, 8)
+    nodes = jnp.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="non-finite.*node"):
+        nk.KernelGrid(nodes, kt.at[1, 2, 3].set(jnp.inf))
+    bad = kt.at[1].add(-2.0 * jnp.eye(8) * jnp.linalg.eigvalsh(kt[1])[-1])
+    lam = float(jnp.linalg.eigvalsh(bad[1])[0])
+    with pytest.raises(ValueError, match=f"node 1 has eigenvalue {lam:.6g}"):
+        nk.KernelGrid(nodes, bad)
+    nk.KernelGrid(nodes, bad, psd_tol=None)  # explicitly unchecked
+    with pytest.raises(ValueError, match="not symmetric"):
+        nk.KernelGrid(nodes, kt + jnp.triu(jnp.ones((8, 8)), 1))
+    with pytest.raises(ValueError, match="kernel_test"):
+        nk.KernelGrid(nodes, kt, jnp.ones((2, 5, 7)))
+
+
+def test_grid_data_mismatch():
+    grid = _grid(_data(n=8))
+    with pytest.raises(ValueError, match="8 train examples"):
+        nk.ScheduledKernelProblem(grid, _data(n=9), tspan=(0.0, 1.0))
+    with pytest.raises(ValueError, match="test kernels"):
+        nk.ScheduledKernelProblem(grid, _data(n=8, m=4), tspan=(0.0, 1.0))
+    with pytest.raises(TypeError, match="schedule"):
+        nk.ScheduledKernelProblem(grid, _data(n=8), schedule="time")
+
+
+def test_schedule_outside_grid_is_clamped_with_one_warning():
+    data = _data()
+    grid = _grid(data, nodes=jnp.array([10.0, 11.0, 12.0]))  # t ∈ [0, 2] lies below the grid
+    p = nk.ScheduledKernelProblem(grid, data, tspan=(0.0, 2.0), u0_train=jnp.ones((8, 1)))
+    with pytest.warns(S.ScheduleRangeWarning, match="clamped"):
+        sol = nk.solve(p, saveat=5, rtol=1e-10, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nk.solve(p, saveat=7)  # the same grid again: no second warning
+    frozen = nk.KernelFlowProblem(
+        grid.kernel_train[0],
+        data,
+        tspan=(0.0, 2.0),
+        kernel_test=grid.kernel_test[0],
+        u0_train=jnp.ones((8, 1)),
+    )
+    assert _rel(sol.train, nk.solve(frozen, saveat=5).train) < 1e-8
+
+
+def test_from_solution_needs_weights_and_saved_times():
+    data, model, ts, sol = _linear_setup()
+    with pytest.raises(ValueError, match="not among the solution's saved times"):
+        nk.KernelGrid.from_solution(sol, jnp.array([0.05]), model, data)
+    nosave = nk.solve(nk.GradientFlowProblem(model, data, tspan=(0.0, 1.0)), saveat=3)
+    with pytest.raises(ValueError, match="save_weights=True"):
+        nk.KernelGrid.from_solution(nosave, jnp.array([0.0]), model, data)
