@@ -6,6 +6,11 @@ The whole public API is re-exported here.
 import importlib.metadata
 
 from . import datasets as datasets, losses as losses
+from ._compare import (
+    Comparison as Comparison,
+    compare as compare,
+    trajectory_errors as trajectory_errors,
+)
 from ._data import Dataset as Dataset
 from ._ntk import ntk as ntk
 from ._problems import (
@@ -16,26 +21,22 @@ from ._problems import (
     KernelFlowProblem as KernelFlowProblem,
     remake as remake,
 )
-from ._solution import Outputs as Outputs, RESULTS as RESULTS, Solution as Solution
-from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
+from ._reference_problems import sine_problem as sine_problem
+from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
+from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_solve as timed_solve
 
 # -- fast NTK engine (issue 3) --
-
 # -- scheduled kernels (issue 4) --
 from . import schedules as schedules
 from ._certify import Certificate as Certificate, certify as certify
 from ._grid import KernelGrid as KernelGrid
 from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
-
 # -- grid tuning (issue 5) --
-
 # -- infinite width (issue 6) --
-
 # -- path kernels and closure (issue 7) --
-
 # -- gated ReLU and MKL (issue 8) --
-
 # -- studies --
+from ._study import compare_study as compare_study
 
 try:
     __version__ = importlib.metadata.version("ntkode")

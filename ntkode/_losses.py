@@ -60,7 +60,11 @@ class CrossEntropy(AbstractLoss):
 
 mse = MSE()
 cross_entropy = CrossEntropy()
-_BY_NAME: dict[str, AbstractLoss] = {"mse": mse, "cross_entropy": cross_entropy, "ce": cross_entropy}
+_BY_NAME: dict[str, AbstractLoss] = {
+    "mse": mse,
+    "cross_entropy": cross_entropy,
+    "ce": cross_entropy,
+}
 
 
 def as_loss(loss) -> AbstractLoss:

@@ -26,7 +26,9 @@ def apply(model: Any, x: Float[Array, "n ..."]) -> Float[Array, "n k"]:
 def num_outputs(model: Any, x: Float[Array, "n ..."], name: str = "x") -> int:
     """Number of outputs `k` of `model` on one example of `x`, with a clear error on misuse."""
     try:
-        out = jax.eval_shape(lambda xi: apply_one(model, xi), jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+        out = jax.eval_shape(
+            lambda xi: apply_one(model, xi), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+        )
     except Exception as err:  # noqa: BLE001 - re-raised with context
         raise ValueError(
             f"The model could not be applied to one example of `{name}` (shape {x.shape[1:]}): "

@@ -55,8 +55,8 @@ class AbstractProblem(eqx.Module):
         return self.tspan[1]
 
 
-def _as_time(t) -> Array:
-    return jnp.asarray(t, dtype=jnp.result_type(float))
+def _as_time(t, dtype) -> Array:
+    return jnp.asarray(t, dtype=dtype)
 
 
 def _init_common(self, data, loss, tspan, learning_rate):
@@ -68,8 +68,10 @@ def _init_common(self, data, loss, tspan, learning_rate):
     check_positive("learning_rate", learning_rate)
     self.data = data
     self.loss = as_loss(loss)
-    self.tspan = (_as_time(t0), _as_time(t1))
-    self.learning_rate = jnp.asarray(learning_rate, dtype=jnp.result_type(float))
+    # Times and the learning rate follow the data's precision (float32 data, float32 solve).
+    dtype = data.y_train.dtype
+    self.tspan = (_as_time(t0, dtype), _as_time(t1, dtype))
+    self.learning_rate = jnp.asarray(learning_rate, dtype=dtype)
 
 
 class GradientFlowField(eqx.Module):
@@ -150,7 +152,7 @@ class GradientFlowProblem(AbstractProblem):
             throw=False,
             progress_meter=options.progress_meter,
         )
-        u, us, du, dus, w = sol.ys
+        u, us, du, dus, w = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
         return Solution(
             t=sol.ts,
             train=u,
@@ -168,7 +170,9 @@ class GradientFlowProblem(AbstractProblem):
 
 
 def _stats(stats) -> dict[str, Array]:
-    return {k: jnp.asarray(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    return {
+        k: jnp.asarray(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    }
 
 
 def flatten_kernel(kernel, n1: int, n2: int, k: int, name: str) -> Float[Array, "n1k n2k"]:
@@ -375,7 +379,7 @@ def solve_function_space(problem, field, solver, options: SolveOptions, kind: st
         throw=False,
         progress_meter=options.progress_meter,
     )
-    u, us, du, dus = sol.ys
+    u, us, du, dus = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
     return Solution(
         t=sol.ts,
         train=u,

@@ -33,9 +33,7 @@ def from_diffrax(result) -> RESULTS:
     out = RESULTS.where(
         result == diffrax.RESULTS.successful, RESULTS.successful, RESULTS.solver_failed
     )
-    out = RESULTS.where(
-        result == diffrax.RESULTS.max_steps_reached, RESULTS.max_steps_reached, out
-    )
+    out = RESULTS.where(result == diffrax.RESULTS.max_steps_reached, RESULTS.max_steps_reached, out)
     out = RESULTS.where(result == diffrax.RESULTS.event_occurred, RESULTS.event_occurred, out)
     return out
 
@@ -116,8 +114,7 @@ class Solution(eqx.Module):
     def _single(self, what: str) -> None:
         if self.t.ndim != 1:
             raise ValueError(
-                f"{what} needs a single trajectory; index an ensemble solution first "
-                "(`sol[i]`)."
+                f"{what} needs a single trajectory; index an ensemble solution first (`sol[i]`)."
             )
 
     def __getitem__(self, i: int) -> "Solution":

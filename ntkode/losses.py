@@ -1,9 +1,9 @@
 """Losses: mean squared error and softmax cross-entropy (weight space and function space)."""
 
 from ._losses import (
+    MSE as MSE,
     AbstractLoss as AbstractLoss,
     CrossEntropy as CrossEntropy,
-    MSE as MSE,
     as_loss as as_loss,
     cross_entropy as cross_entropy,
     mse as mse,

@@ -40,7 +40,7 @@ def ntk_reference(
         x2 = jnp.asarray(x2)
         num_outputs(model, x2, "x2")
     params, static = partition(model)
-    return _reference_jit(params, static, x1, x2)
+    return _reference_jit(params, static, x1, x2)  # pyright: ignore[reportReturnType]
 
 
 def _reference_impl(params, static, x1, x2):

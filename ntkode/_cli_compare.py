@@ -1,0 +1,57 @@
+"""`ntkode compare`: true flow vs kernel surrogates on the **sine** reference problem."""
+
+import os
+
+NAME = "compare"
+HELP = "Compare the true gradient flow with kernel surrogates on the sine problem."
+
+
+def add_arguments(p):
+    p.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
+    p.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
+    p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--n-test", type=int, default=256)
+    p.add_argument("--dim", type=int, default=8, help="input dimension (default 8)")
+    p.add_argument("--t-end", type=float, default=50.0, help="end of training time (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activation", default="relu", choices=["relu", "softplus", "tanh", "gelu"])
+    p.add_argument("--rtol", type=float, default=1e-5, help="reference true-flow rtol")
+    p.add_argument("--out", default="ntkode-out", help="output folder (default ./ntkode-out)")
+    p.add_argument("--quick", action="store_true", help="a small problem, under a minute")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from ._study import compare_study
+
+    for name in ("width", "depth", "n_train", "dim"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"ntkode compare: --{name.replace('_', '-')} must be at least 1.")
+    if args.n_test < 0:
+        raise SystemExit("ntkode compare: --n-test must be non-negative.")
+    if not args.t_end > 0:
+        raise SystemExit("ntkode compare: --t-end must be positive.")
+    if not args.rtol > 0:
+        raise SystemExit("ntkode compare: --rtol must be positive.")
+    cmp = compare_study(
+        width=args.width,
+        depth=args.depth,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        dim=args.dim,
+        t_end=args.t_end,
+        seed=args.seed,
+        activation=args.activation,
+        rtol=args.rtol,
+        out=args.out,
+        quick=args.quick,
+        progress=not args.no_progress,
+        log=lambda s: print(s, flush=True),
+    )
+    print()
+    print(cmp.table())
+    print(
+        f"\nwrote {os.path.join(args.out, 'results.json')} and "
+        f"{os.path.join(args.out, 'compare.png')}"
+    )
+    return 0

@@ -1,0 +1,177 @@
+"""Compare surrogate trajectories against the true flow: errors, costs, a table, a figure, JSON."""
+
+import json
+import math
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._solution import Solution
+
+#: Keys every row of `results.json` carries (others may be added per method).
+ROW_KEYS = ("max_rel_train_error", "final_train_loss", "final_test_loss", "seconds", "steps")
+
+
+def _rel_error(u, u_ref, scale) -> float:
+    if u_ref.shape[-2] == 0 or scale == 0:
+        return math.nan
+    diff = jnp.sqrt(jnp.sum((u - u_ref) ** 2, axis=(-2, -1)))
+    return float(jnp.max(diff) / scale)
+
+
+def trajectory_errors(sol: Solution, reference: Solution) -> dict[str, float]:
+    r"""Max relative trajectory errors of `sol` against `reference` on the reference's times.
+
+    $\max_t \|u(t) - u_{ref}(t)\| / \|u_{ref}(0) - Y\|$ on train outputs, and the same on test
+    outputs (with test targets). `sol` is interpolated (`sol(t)`) where its times differ.
+    """
+    if sol.train.shape[1:] != reference.train.shape[1:]:
+        raise ValueError(
+            f"Solutions have train outputs of shape {sol.train.shape[1:]} and "
+            f"{reference.train.shape[1:]}; compare solutions of the same data."
+        )
+    ts = reference.t
+    if sol.t.shape == ts.shape and bool(jnp.allclose(sol.t, ts)):
+        u, us = sol.train, sol.test
+    else:
+        u, us = sol(ts)
+    scale = float(jnp.linalg.norm(reference.train[0] - reference.y_train))
+    scale_test = float(jnp.linalg.norm(reference.test[0] - reference.y_test))
+    return {
+        "max_rel_train_error": _rel_error(u, reference.train, scale),
+        "max_rel_test_error": _rel_error(us, reference.test, scale_test),
+    }
+
+
+class Comparison:
+    """Rows of metrics per method (reference first), with the solutions for plotting."""
+
+    def __init__(self, reference_name: str = "true"):
+        self.reference_name = reference_name
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.solutions: dict[str, Solution] = {}
+
+    def add(
+        self, name: str, sol: Solution, reference: Solution | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Add method `name` (errors measured against `reference`, default: itself)."""
+        errs = trajectory_errors(sol, reference if reference is not None else sol)
+        row = {
+            **errs,
+            "final_train_loss": float(sol.train_loss[-1]),
+            "final_test_loss": float(sol.test_loss[-1]),
+            "steps": int(sol.num_steps),
+            "retcode": sol.message,
+        }
+        row.update(extra)
+        self.rows[name] = row
+        self.solutions[name] = sol
+        return row
+
+    def table(self) -> str:
+        """A plain-text table, one line per method."""
+        cols = [
+            ("method", "{:<22s}"),
+            ("max_rel_train_error", "{:>10.2%}"),
+            ("max_rel_test_error", "{:>10.2%}"),
+            ("final_train_loss", "{:>11.3e}"),
+            ("final_test_loss", "{:>11.3e}"),
+            ("seconds", "{:>9.3f}"),
+            ("steps", "{:>7d}"),
+        ]
+        optional = [("grid_seconds", "{:>9.3f}"), ("speedup", "{:>9.1f}")]
+        cols += [c for c in optional if any(c[0] in r for r in self.rows.values())]
+        heads = {
+            "method": "method",
+            "max_rel_train_error": "train err",
+            "max_rel_test_error": "test err",
+            "final_train_loss": "train loss",
+            "final_test_loss": "test loss",
+            "seconds": "seconds",
+            "steps": "steps",
+            "grid_seconds": "build s",
+            "speedup": "speedup",
+        }
+        widths = [
+            len(fmt.format(0 if "d" in fmt else 0.0) if k != "method" else "x" * 22)
+            for k, fmt in cols
+        ]
+        lines = [
+            "  ".join(
+                heads[k].rjust(w) if k != "method" else heads[k].ljust(w)
+                for (k, _), w in zip(cols, widths, strict=True)
+            )
+        ]
+        for name, row in self.rows.items():
+            cells = []
+            for (k, fmt), w in zip(cols, widths, strict=True):
+                v = name if k == "method" else row.get(k)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    cells.append("-".rjust(w))
+                else:
+                    cells.append(fmt.format(v))
+            lines.append("  ".join(cells))
+        return "\n".join(lines)
+
+    def save_json(self, path: str) -> None:
+        """Write `results.json` (atomically: a crash leaves the previous file intact)."""
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.rows, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+
+    def plot(self, path: str, n_traj: int = 3) -> None:
+        """Loss curves of every method and a few train-output trajectories vs the reference."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        ref = self.solutions.get(self.reference_name)
+        for i, (name, sol) in enumerate(self.solutions.items()):
+            color = f"C{i % 10}"
+            ax1.semilogy(sol.t, sol.train_loss, color=color, label=f"{name} train")
+            if sol.y_test.shape[0]:
+                ax1.semilogy(sol.t, sol.test_loss, color=color, ls="--", lw=1)
+            for j in range(min(n_traj, sol.train.shape[1])):
+                style = dict(color=color, lw=2 if sol is ref else 1, ls="-" if sol is ref else ":")
+                ax2.plot(sol.t, sol.train[:, j, 0], label=name if j == 0 else None, **style)
+        ax1.set(xlabel="t", ylabel="loss (solid train, dashed test)", title="Loss")
+        ax2.set(xlabel="t", ylabel="output", title=f"{n_traj} train outputs")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _json_default(x):
+    if isinstance(x, np.generic | np.ndarray):
+        return x.tolist()
+    if hasattr(x, "tolist"):
+        return np.asarray(x).tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def compare(
+    reference: Solution, *surrogates: Solution, names: list[str] | None = None, **named: Solution
+) -> Comparison:
+    """Errors of surrogate solutions against a reference (true-flow) solution.
+
+    `compare(sol_true, sol_a, sol_b)` or `compare(sol_true, frozen=sol_a, scheduled=sol_b)`.
+    Returns a [`ntkode.Comparison`][] with `.rows`, `.table()`, `.plot(path)`,
+    `.save_json(path)`.
+    """
+    if names is not None and len(names) != len(surrogates):
+        raise ValueError("`names` must name each positional surrogate solution.")
+    names = names or [s.kind or f"surrogate{i}" for i, s in enumerate(surrogates)]
+    cmp = Comparison("true")
+    cmp.add("true", reference)
+    for name, sol in [*zip(names, surrogates, strict=True), *named.items()]:
+        if name in cmp.rows:
+            name = f"{name}_{len(cmp.rows)}"
+        cmp.add(name, sol, reference)
+    return cmp

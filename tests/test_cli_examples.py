@@ -1,0 +1,80 @@
+"""The command line and every example script run end to end (STYLE §9)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_compare_quick_writes_results(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ntkode._cli",
+            "compare",
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    for method in ("true", "true_loose", "frozen"):
+        for key in (
+            "max_rel_train_error",
+            "final_train_loss",
+            "final_test_loss",
+            "seconds",
+            "steps",
+        ):
+            assert key in results[method], (method, key)
+    assert results["true"]["max_rel_train_error"] == 0.0
+    # The frozen kernel misses the (nonlinear) truth by far more than the truth's uncertainty.
+    assert (
+        results["frozen"]["max_rel_train_error"] > 5 * results["true_loose"]["max_rel_train_error"]
+    )
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert "frozen" in proc.stdout and "train err" in proc.stdout
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntkode._cli", "compare", "--t-end", "-1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "--t-end must be positive" in proc.stderr
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(script, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
