@@ -47,9 +47,10 @@ def compare_study(
     each of `schedules` (`"time"`, `"loss"`), a grid of `G` kernels at uniform snapshot times
     of the reference run, interpolated (`interpolation`: `"linear"`, `"smooth"`,
     `"constant"`); their rows add `grid_seconds` (kernel computation), `speedup` (true-flow
-    seconds over surrogate solve seconds) and `truth_uncertainty`. Each row records wall seconds of the compiled solve (compile time separately)
-    and solver steps. With `out`, writes `results.json` after every method (an interrupted
-    run keeps what it finished) and `compare.png`.
+    seconds over surrogate solve seconds) and `truth_uncertainty`. Each row records wall
+    seconds of the compiled solve (compile time separately) and solver steps. With `out`,
+    writes `results.json` after every method (an interrupted run keeps what it finished),
+    `compare.png` and, with grids, `error_vs_G.png`.
 
     **Returns:** a [`ntkode.Comparison`][].
     """
