@@ -27,7 +27,7 @@ from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_so
 
 # -- fast NTK engine (issue 3) --
 # -- scheduled kernels (issue 4) --
-from . import schedules as schedules
+from . import schedules as schedules, transfer as transfer
 from ._certify import Certificate as Certificate, certify as certify
 from ._grid import KernelGrid as KernelGrid
 from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
