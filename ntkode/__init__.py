@@ -31,6 +31,7 @@ from . import schedules as schedules, transfer as transfer
 from ._certify import Certificate as Certificate, certify as certify
 from ._grid import KernelGrid as KernelGrid
 from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
+
 # -- grid tuning (issue 5) --
 # -- infinite width (issue 6) --
 # -- path kernels and closure (issue 7) --

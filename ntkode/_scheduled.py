@@ -204,10 +204,21 @@ class ScheduledKernelProblem(AbstractProblem):
         dtype = self.u0_train.dtype
         # One dtype throughout (float32 data with float64 times would break the scan carry).
         ts = options.ts.astype(dtype)
-        lam, vec, basis = (a.astype(dtype) for a in grid.spectral())
+        bounds, weights = self.interpolation.pieces(grid.nodes.astype(dtype))
+        if self.interpolation.mode == "average" and grid.size > 1:
+            # Pieces carry convex combinations of node kernels: diagonalise each piece.
+            kt = jnp.einsum("pg,gij->pij", weights, grid.dense_train())
+            lam, vec = jax.vmap(jnp.linalg.eigh)(kt)
+            if grid.low_rank:
+                ks = jnp.einsum("gir,gjr->gij", grid.test_basis, grid.eigvecs)
+            else:
+                ks = grid.kernel_test
+            basis = jnp.einsum("pg,gij,pjr->pir", weights, ks, vec)
+        else:
+            lam, vec, basis = grid.spectral()
+        lam, vec, basis = (a.astype(dtype) for a in (lam, vec, basis))
         c = (self.learning_rate / self.data.n_train).astype(dtype)
         y = self.data.y_train.reshape(-1)
-        bounds = self.interpolation.boundaries(grid.nodes.astype(dtype))
         start = jnp.clip(bounds[:-1], self.t0.astype(dtype), self.t1.astype(dtype))
         end = jnp.clip(bounds[1:], self.t0.astype(dtype), self.t1.astype(dtype))
         member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
@@ -227,30 +238,25 @@ class ScheduledKernelProblem(AbstractProblem):
             return r_new, us_new
 
         def segment(carry, inputs):
-            r, us, out_r, out_us = carry
+            r, us, out = carry
             lam_g, vec_g, basis_g, a, b, mask = inputs
             tau = jnp.clip(ts - a, 0.0, b - a)
             rt, ust = jax.vmap(lambda tt: propagate(lam_g, vec_g, basis_g, r, us, tt))(tau)
-            out_r = jnp.where(mask[:, None], rt, out_r)
-            out_us = jnp.where(mask[:, None], ust, out_us)
+            # Velocities from the piece's eigenpairs: η∇L = c r; Θ r = V(λ ⊙ Vᵀ r),
+            # Θ* r = (Θ* V) Vᵀ r.
+            coef = c * rt @ vec_g
+            dut = -(lam_g * coef) @ vec_g.T
+            dust = -coef @ basis_g.T
+            new = (rt, ust, dut, dust)
+            out = tuple(jnp.where(mask[:, None], x, o) for x, o in zip(new, out, strict=True))
             r, us = propagate(lam_g, vec_g, basis_g, r, us, b - a)
-            return (r, us, out_r, out_us), None
+            return (r, us, out), None
 
         T = ts.shape[0]
-        init = (
-            r0,
-            us0,
-            jnp.zeros((T,) + r0.shape, r0.dtype),
-            jnp.zeros((T,) + us0.shape, r0.dtype),
-        )
-        (_, _, rs, uss), _ = jax.lax.scan(segment, init, (lam, vec, basis, start, end, member))
-        active = jnp.argmax(member, axis=0)
-        g = rs * c  # ∇_u L = r / n for mean MSE, times η: c·r
-        du = -jax.vmap(lambda i, v: grid.train_matvec(i[None], jnp.ones((1,), v.dtype), v))(
-            active, g
-        )
-        dus = -jax.vmap(lambda i, v: grid.test_matvec(i[None], jnp.ones((1,), v.dtype), v))(
-            active, g
+        zr, zs = jnp.zeros((T,) + r0.shape, dtype), jnp.zeros((T,) + us0.shape, dtype)
+        init = (r0, us0, (zr, zs, zr, zs))
+        (_, _, (rs, uss, du, dus)), _ = jax.lax.scan(
+            segment, init, (lam, vec, basis, start, end, member)
         )
         n, k = self.u0_train.shape
         m = self.u0_test.shape[0]
