@@ -89,19 +89,27 @@ def add_scheduled_rows(
     grid_sizes: Sequence[int] = (2, 4, 8, 16),
     schedules: Sequence[str] = ("time", "loss"),
     interpolation: str = "linear",
+    exact_substeps: int = 2,
     saveat=None,
     log: Callable[[str], Any] = print,
     checkpoint: Callable[[], None] = lambda: None,
 ) -> None:
-    """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`)."""
+    """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`).
+
+    With `exact_substeps` (and a time schedule), also rows `scheduled_time_exact_G<G>`:
+    `PiecewiseConstant("average", exact_substeps)`, solved by exact exponentials.
+    """
     cache = KernelCache(true, problem.model, problem.data)
     truth_err = cmp.rows.get("true_loose", {}).get("max_rel_train_error", float("nan"))
     true_seconds = cmp.rows["true"]["seconds"]
     times = node_times(float(problem.t1), grid_sizes)
-    interp = INTERPOLATIONS[interpolation]
+    variants = [(name, name, INTERPOLATIONS[interpolation]) for name in schedules]
+    if exact_substeps and "time" in schedules:
+        # The exact path: midpoint-rule pieces of the linear interpolant, no ODE steps.
+        variants.append(("time_exact", "time", PiecewiseConstant("average", exact_substeps)))
     for G in grid_sizes:
-        for name in schedules:
-            label = f"scheduled_{name}_G{G}"
+        for label_name, name, interp in variants:
+            label = f"scheduled_{label_name}_G{G}"
             grid, grid_seconds = cache.grid(times[G], SCHEDULES[name])
             p = ScheduledKernelProblem(
                 grid,
@@ -123,8 +131,8 @@ def add_scheduled_rows(
                 speedup=true_seconds / max(sec, 1e-9),
                 truth_uncertainty=truth_err,
                 grid_size=int(G),
-                schedule=name,
-                interpolation=interpolation,
+                schedule=label_name,
+                interpolation=type(interp).__name__,
             )
             log(
                 f"  {label}: train err {row['max_rel_train_error']:.2%} (truth ±{truth_err:.2%}), "
