@@ -1,5 +1,6 @@
 """Scheduled-NTK surrogate: kernel grids, schedules, interpolation, exact and ODE solves."""
 
+import functools
 import warnings
 
 import diffrax
@@ -134,6 +135,7 @@ def test_exact_piecewise_constant_agrees_with_ode(mode):
     assert _rel(c.train, a.train) < 1e-4 and _rel(c.test, a.test) < 1e-4
 
 
+@functools.cache
 def _linear_setup(T=2.0):
     data = _data(n=10, m=4, d=3)
     model = eqx.nn.Linear(3, "scalar", key=jax.random.key(2))
@@ -245,13 +247,12 @@ def test_gradient_wrt_nodes_matches_finite_differences(interp):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", S.ScheduleRangeWarning)
         grad = jax.grad(objective)(grid.nodes)
-        e = 1e-6
-        fd = [
-            (objective(grid.nodes.at[i].add(e)) - objective(grid.nodes.at[i].add(-e))) / (2 * e)
-            for i in range(3)
-        ]
+        # One directional derivative moving all nodes (two solves instead of six).
+        d, e = jnp.array([1.0, -0.5, 0.25]), 1e-6
+        fd = (objective(grid.nodes + e * d) - objective(grid.nodes - e * d)) / (2 * e)
     # Central differences with h = 1e-6 carry ~1e-8 relative error; ODE solves at 1e-12.
-    np.testing.assert_allclose(grad, jnp.array(fd), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad @ d, fd, rtol=1e-4)
+    assert float(jnp.abs(grad @ d)) > 1e-3  # a derivative worth checking
 
 
 # ---------------------------------------------------------------- certificate
