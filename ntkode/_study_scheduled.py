@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._certify import certify
 from ._compare import Comparison
 from ._grid import KernelGrid
 from ._interp import Linear, PiecewiseConstant, Smoothstep
@@ -121,6 +122,11 @@ def add_scheduled_rows(
                 problem.learning_rate,
             )
             sol, sec, csec = timed_solve(p, saveat=true.t if saveat is None else saveat)
+            cert = certify(grid, problem.learning_rate, interp)
+            r = np.linalg.norm(
+                np.asarray(sol.train - sol.y_train).reshape(sol.t.shape[0], -1), axis=1
+            )
+            holds = bool(np.all(r <= np.asarray(cert.bound(sol.t - sol.t[0], r[0])) * (1 + 1e-4)))
             row = cmp.add(
                 label,
                 sol,
@@ -131,6 +137,9 @@ def add_scheduled_rows(
                 speedup=true_seconds / max(sec, 1e-9),
                 truth_uncertainty=truth_err,
                 grid_size=int(G),
+                certified_rate=float(cert.rate),
+                stiffness=float(cert.stiffness),
+                certificate_holds=holds,
                 schedule=label_name,
                 interpolation=type(interp).__name__,
             )

@@ -397,3 +397,34 @@ def test_transfer_same_learning_rate_reproduces_and_loss_schedule_rescales():
     )
     c = nk.solve(half, saveat=2 * ts, **kw)
     assert _rel(c.train, a.train) < 1e-8 and _rel(c.test, a.test) < 1e-8
+
+
+@pytest.mark.slow
+def test_compare_study_scheduled_rows(tmp_path):
+    cmp = nk.compare_study(
+        quick=True, grid_sizes=(2,), out=str(tmp_path), progress=False, log=lambda s: None
+    )
+    import json
+
+    rows = json.loads((tmp_path / "results.json").read_text())
+    for name in ("scheduled_time_G2", "scheduled_loss_G2", "scheduled_time_exact_G2"):
+        for key in (
+            "max_rel_train_error",
+            "max_rel_test_error",
+            "final_train_loss",
+            "final_test_loss",
+            "seconds",
+            "steps",
+            "grid_seconds",
+            "speedup",
+            "truth_uncertainty",
+        ):
+            assert key in rows[name], (name, key)
+        assert rows[name]["certificate_holds"]
+    assert rows["scheduled_time_exact_G2"]["steps"] == 0
+    assert (tmp_path / "error_vs_G.png").exists()
+    # Two kernels on the true path beat the frozen initial kernel.
+    assert (
+        cmp.rows["scheduled_time_G2"]["max_rel_train_error"]
+        < cmp.rows["frozen"]["max_rel_train_error"]
+    )
