@@ -20,6 +20,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--t-end", type=float, default=20.0)
     p.add_argument("--grid-size", type=int, default=8)
+    p.add_argument("--rtol", type=float, default=1e-5, help="true-flow rtol (ReLU at 1e-6 is slow)")
     p.add_argument("--activations", default="relu,softplus")
     p.add_argument("--quick", action="store_true", help="a small network (seconds)")
     p.add_argument("--out", default="transfer.json")
@@ -36,7 +37,7 @@ def main() -> None:
         print(f"== sine ({act}), t_end={args.t_end}, G={args.grid_size}", flush=True)
         prob = sine_problem(t_end=args.t_end, activation=act, **size)
         results[act] = transfer_study(
-            prob, grid_size=args.grid_size, log=lambda s: print(s, flush=True)
+            prob, grid_size=args.grid_size, rtol=args.rtol, log=lambda s: print(s, flush=True)
         )
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

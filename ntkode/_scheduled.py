@@ -7,7 +7,10 @@ Solving (`solver=None`):
 
 - MSE, a time schedule and [`ntkode.schedules.PiecewiseConstant`][] weights: the system is
   linear time-invariant between switching times, so it is solved *exactly* by one
-  eigendecomposition per node and matrix exponentials per segment (no steps, no stiffness).
+  eigendecomposition per piece and matrix exponentials per piece (no steps, so no stiffness
+  limit however large $\eta\lambda_{\max}/n$ grows). `PiecewiseConstant("average", M)` cuts
+  each node interval into `M` pieces carrying the linear interpolant's midpoint kernel: the
+  exact-exponential route to [`ntkode.schedules.Linear`][] (second order in `1/M`).
 - anything else: an adaptive diffrax solve (`Tsit5` with `solve`'s controller). The vector
   field touches only the `support` active kernels. Training stiffens as it goes (DESIGN §5);
   if the step budget runs out the solution's `retcode` says `max_steps_reached` with advice
