@@ -11,6 +11,10 @@ Solving (`solver=None`):
   limit however large $\eta\lambda_{\max}/n$ grows). `PiecewiseConstant("average", M)` cuts
   each node interval into `M` pieces carrying the linear interpolant's midpoint kernel: the
   exact-exponential route to [`ntkode.schedules.Linear`][] (second order in `1/M`).
+- MSE, the loss level or residual norm as schedule, and `PiecewiseConstant` weights: also
+  exact. $\|u - Y\|$ never grows under a PSD kernel, so pieces are crossed once each, from
+  the top down; the time a piece is left (when $\|r\|^2$ reaches its boundary level) is
+  found by bisection on the closed form, with an implicit-function gradient.
 - anything else: an adaptive diffrax solve (`Tsit5` with `solve`'s controller). The vector
   field touches only the `support` active kernels. Training stiffens as it goes (DESIGN §5);
   if the step budget runs out the solution's `retcode` says `max_steps_reached` with advice
@@ -177,9 +181,15 @@ class ScheduledKernelProblem(AbstractProblem):
         """True when `solve` with no solver uses exact exponentials (see the module notes)."""
         return (
             isinstance(self.loss, MSE)
-            and not self.schedule.depends_on_state
             and isinstance(self.interpolation, PiecewiseConstant)
+            and (not self.schedule.depends_on_state or self._norm_schedule)
         )
+
+    @property
+    def _norm_schedule(self) -> bool:
+        # Loss level and residual norm are monotone in ‖u - Y‖ for MSE, which never grows
+        # under a PSD kernel: pieces are then crossed once each, at computable times.
+        return isinstance(self.loss, MSE) and hasattr(self.schedule, "residual_sq")
 
     def _solve(self, solver, options: SolveOptions) -> Solution:
         if options.save_weights:
@@ -222,11 +232,22 @@ class ScheduledKernelProblem(AbstractProblem):
         lam, vec, basis = (a.astype(dtype) for a in (lam, vec, basis))
         c = (self.learning_rate / self.data.n_train).astype(dtype)
         y = self.data.y_train.reshape(-1)
-        start = jnp.clip(bounds[:-1], self.t0.astype(dtype), self.t1.astype(dtype))
-        end = jnp.clip(bounds[1:], self.t0.astype(dtype), self.t1.astype(dtype))
-        member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
+        t0, t1 = self.t0.astype(dtype), self.t1.astype(dtype)
         r0 = self.u0_train.reshape(-1) - y
         us0 = self.u0_test.reshape(-1)
+        state = self.schedule.depends_on_state
+        if state:
+            # ‖r‖ falls, so the schedule value falls: pieces are crossed from the top down,
+            # piece p until ‖r‖² reaches the level of its lower boundary.
+            order = jnp.arange(bounds.shape[0] - 2, -1, -1)
+            levels = self.schedule.residual_sq(bounds[:-1], self.data.n_train)[order]
+            lam, vec, basis = lam[order], vec[order], basis[order]
+            seg_inputs = (lam, vec, basis, levels)
+        else:
+            start = jnp.clip(bounds[:-1], t0, t1)
+            end = jnp.clip(bounds[1:], t0, t1)
+            member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
+            seg_inputs = (lam, vec, basis, start, end, member)
 
         def propagate(lam_g, vec_g, basis_g, r, us, tau):
             # r(τ) = r + V (e^{-cλτ} - 1) Vᵀ r (the part outside a low-rank basis stays put);
@@ -240,9 +261,43 @@ class ScheduledKernelProblem(AbstractProblem):
             us_new = us - c * basis_g @ (phi * coef)
             return r_new, us_new
 
+        def exit_time(lam_g, vec_g, r, level, horizon):
+            # Smallest τ in [0, horizon] with ‖r(τ)‖² = level (horizon if never reached).
+            coef = vec_g.T @ r
+            perp = jnp.maximum(r @ r - coef @ coef, 0.0)
+
+            def f(tau):
+                return jnp.sum(coef**2 * jnp.exp(-2 * c * lam_g * tau)) + perp - level
+
+            def bisect(_, lohi):
+                lo, hi = lohi
+                mid = 0.5 * (lo + hi)
+                above = f(mid) > 0
+                return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+            h = jax.lax.stop_gradient(horizon)
+            lo, hi = jax.lax.fori_loop(0, 60, bisect, (jnp.zeros_like(h), h))
+            tau = jax.lax.stop_gradient(hi)
+            # One Newton step with frozen slope: value unchanged at the root, and first-order
+            # gradients by the implicit-function theorem.
+            slope = jax.lax.stop_gradient(
+                jnp.sum(-2 * c * lam_g * coef**2 * jnp.exp(-2 * c * lam_g * tau))
+            )
+            newton = tau - f(tau) / jnp.where(slope < 0, slope, -1.0)
+            tau = jnp.where((f(h) > 0) | (slope >= 0), horizon, newton)
+            return jnp.where(f(jnp.zeros_like(h)) <= 0, 0.0, jnp.clip(tau, 0.0, horizon))
+
         def segment(carry, inputs):
-            r, us, out = carry
-            lam_g, vec_g, basis_g, a, b, mask = inputs
+            if state:
+                r, us, now, out = carry
+                lam_g, vec_g, basis_g, level = inputs
+                a = now
+                b = now + exit_time(lam_g, vec_g, r, level, t1 - now)
+                # A non-empty piece ending at t1 also owns t1.
+                mask = (ts >= a) & ((ts < b) | ((ts >= t1) & (b >= t1) & (b > a)))
+            else:
+                r, us, out = carry
+                lam_g, vec_g, basis_g, a, b, mask = inputs
             tau = jnp.clip(ts - a, 0.0, b - a)
             rt, ust = jax.vmap(lambda tt: propagate(lam_g, vec_g, basis_g, r, us, tt))(tau)
             # Velocities from the piece's eigenpairs: η∇L = c r; Θ r = V(λ ⊙ Vᵀ r),
@@ -253,14 +308,15 @@ class ScheduledKernelProblem(AbstractProblem):
             new = (rt, ust, dut, dust)
             out = tuple(jnp.where(mask[:, None], x, o) for x, o in zip(new, out, strict=True))
             r, us = propagate(lam_g, vec_g, basis_g, r, us, b - a)
+            if state:
+                return (r, us, b, out), None
             return (r, us, out), None
 
         T = ts.shape[0]
         zr, zs = jnp.zeros((T,) + r0.shape, dtype), jnp.zeros((T,) + us0.shape, dtype)
-        init = (r0, us0, (zr, zs, zr, zs))
-        (_, _, (rs, uss, du, dus)), _ = jax.lax.scan(
-            segment, init, (lam, vec, basis, start, end, member)
-        )
+        init = (r0, us0, t0, (zr, zs, zr, zs)) if state else (r0, us0, (zr, zs, zr, zs))
+        carry, _ = jax.lax.scan(segment, init, seg_inputs)
+        rs, uss, du, dus = carry[-1]
         n, k = self.u0_train.shape
         m = self.u0_test.shape[0]
         zero = jnp.array(0)

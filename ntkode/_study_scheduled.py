@@ -97,8 +97,8 @@ def add_scheduled_rows(
 ) -> None:
     """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`).
 
-    With `exact_substeps` (and a time schedule), also rows `scheduled_time_exact_G<G>`:
-    `PiecewiseConstant("average", exact_substeps)`, solved by exact exponentials.
+    With `exact_substeps`, also rows `scheduled_time_exact_G<G>` / `scheduled_loss_exact_G<G>`:
+    `PiecewiseConstant("average", exact_substeps)`, solved by exact exponentials (no steps).
     """
     cache = KernelCache(true, problem.model, problem.data)
     truth_err = cmp.rows.get("true_loose", {}).get("max_rel_train_error", float("nan"))
@@ -108,6 +108,8 @@ def add_scheduled_rows(
     if exact_substeps and "time" in schedules:
         # The exact path: midpoint-rule pieces of the linear interpolant, no ODE steps.
         variants.append(("time_exact", "time", PiecewiseConstant("average", exact_substeps)))
+    if exact_substeps and "loss" in schedules:
+        variants.append(("loss_exact", "loss", PiecewiseConstant("average", exact_substeps)))
     for G in grid_sizes:
         for label_name, name, interp in variants:
             label = f"scheduled_{label_name}_G{G}"

@@ -230,16 +230,23 @@ def test_low_rank_full_rank_equals_dense_and_reports_error():
 # ---------------------------------------------------------------- differentiability
 
 
-@pytest.mark.parametrize("interp", [S.PiecewiseConstant(), S.Smoothstep()])
-def test_gradient_wrt_nodes_matches_finite_differences(interp):
+@pytest.mark.parametrize(
+    "schedule, interp, nodes",
+    [
+        (S.Time(), S.PiecewiseConstant(), (0.0, 1.0, 2.0)),  # exact, switching times
+        (S.Time(), S.Smoothstep(), (0.0, 1.0, 2.0)),  # ODE path
+        (S.LossLevel(), S.PiecewiseConstant("average", 2), (-3.0, -1.0, 0.0)),  # exit times
+    ],
+)
+def test_gradient_wrt_nodes_matches_finite_differences(schedule, interp, nodes):
     data = _data(n=6, m=2)
-    grid = _grid(data, G=3)
+    grid = _grid(data, G=3, nodes=jnp.array(nodes))
     ts = jnp.linspace(0.0, 3.0, 8)  # no saved time on a switching point (kinks there)
 
     def objective(nodes):
         g = eqx.tree_at(lambda x: x.nodes, grid, nodes)
         p = nk.ScheduledKernelProblem(
-            g, data, interpolation=interp, tspan=(0.0, 3.0), u0_train=jnp.ones((6, 1))
+            g, data, schedule, interp, tspan=(0.0, 3.0), u0_train=jnp.ones((6, 1))
         )
         s = nk.solve(p, saveat=ts, rtol=1e-12, atol=1e-12)
         return jnp.sum(s.train**2) + jnp.sum(s.test**2)
@@ -253,6 +260,33 @@ def test_gradient_wrt_nodes_matches_finite_differences(interp):
     # Central differences with h = 1e-6 carry ~1e-8 relative error; ODE solves at 1e-12.
     np.testing.assert_allclose(grad @ d, fd, rtol=1e-4)
     assert float(jnp.abs(grad @ d)) > 1e-3  # a derivative worth checking
+
+
+@pytest.mark.parametrize("schedule", [S.LossLevel(), S.ResidualNorm()])
+def test_exact_state_schedule_agrees_with_ode(schedule):
+    # Piecewise-constant in the loss level / residual norm: pieces are left when ‖u - Y‖
+    # reaches a boundary level, at exit times found by bisection on the closed form.
+    data = _data()
+    g = _grid(data, G=4)
+    nodes = [-1.2, -0.6, 0.0, 0.3] if isinstance(schedule, S.LossLevel) else [0.8, 1.0, 1.2, 1.5]
+    grid = nk.KernelGrid(jnp.array(nodes), g.kernel_train, g.kernel_test)
+    p = nk.ScheduledKernelProblem(
+        grid,
+        data,
+        schedule,
+        S.PiecewiseConstant("average", 2),
+        tspan=(0.0, 3.2),
+        u0_train=2 * jnp.ones((8, 1)),
+    )
+    assert p.exact
+    ts = jnp.linspace(0.0, 3.0, 13) + 0.0137
+    a = nk.solve(p, saveat=ts)
+    b = nk.solve(p, diffrax.Tsit5(), saveat=ts, rtol=1e-12, atol=1e-12)
+    # The run crosses every piece (log-loss 0.48 → -2.5), so every exit time is exercised.
+    assert float(schedule(0.0, a.train[-1], a.y_train, a.loss)) < nodes[0]
+    for f in ("train", "test", "train_dot", "test_dot"):
+        # ODE steps across the switching surfaces at rtol 1e-12: agreement ~1e-10.
+        assert _rel(getattr(a, f), getattr(b, f)) < 1e-8
 
 
 # ---------------------------------------------------------------- certificate
