@@ -299,14 +299,22 @@ class ScheduledKernelProblem(AbstractProblem):
                 r, us, out = carry
                 lam_g, vec_g, basis_g, a, b, mask = inputs
             tau = jnp.clip(ts - a, 0.0, b - a)
-            rt, ust = jax.vmap(lambda tt: propagate(lam_g, vec_g, basis_g, r, us, tt))(tau)
-            # Velocities from the piece's eigenpairs: η∇L = c r; Θ r = V(λ ⊙ Vᵀ r),
-            # Θ* r = (Θ* V) Vᵀ r.
-            coef = c * rt @ vec_g
-            dut = -(lam_g * coef) @ vec_g.T
-            dust = -coef @ basis_g.T
+            # All saved times at once, in the piece's eigenbasis: Vᵀ r(τ) = e^{-cλτ} ⊙ Vᵀ r,
+            # so the velocities (Θ r = V(λ ⊙ Vᵀ r), Θ* r = (Θ* V) Vᵀ r) need no new
+            # projections, and each output is one matrix product with V or Θ* V.
+            coef = vec_g.T @ r
+            x = c * lam_g[None, :] * tau[:, None]
+            small = jnp.abs(x) < 1e-6
+            safe = jnp.where(small, 1.0, c * lam_g[None, :])
+            phi = jnp.where(small, tau[:, None] * (1 - 0.5 * x), -jnp.expm1(-x) / safe)
+            cur = c * jnp.exp(-x) * coef
+            T_ = ts.shape[0]
+            both = jnp.concatenate([jnp.expm1(-x) * coef, -lam_g * cur]) @ vec_g.T
+            rt, dut = r + both[:T_], both[T_:]
+            both = jnp.concatenate([-c * phi * coef, -cur]) @ basis_g.T
+            ust, dust = us + both[:T_], both[T_:]
             new = (rt, ust, dut, dust)
-            out = tuple(jnp.where(mask[:, None], x, o) for x, o in zip(new, out, strict=True))
+            out = tuple(jnp.where(mask[:, None], v, o) for v, o in zip(new, out, strict=True))
             r, us = propagate(lam_g, vec_g, basis_g, r, us, b - a)
             if state:
                 return (r, us, b, out), None
