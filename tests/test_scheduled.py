@@ -234,7 +234,7 @@ def test_low_rank_full_rank_equals_dense_and_reports_error():
     "schedule, interp, nodes",
     [
         (S.Time(), S.PiecewiseConstant(), (0.0, 1.0, 2.0)),  # exact, switching times
-        (S.Time(), S.Smoothstep(), (0.0, 1.0, 2.0)),  # ODE path
+        pytest.param(S.Time(), S.Smoothstep(), (0.0, 1.0, 2.0), marks=pytest.mark.slow),  # ODE
         (S.LossLevel(), S.PiecewiseConstant("average", 2), (-3.0, -1.0, 0.0)),  # exit times
     ],
 )
