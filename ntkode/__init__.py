@@ -5,13 +5,14 @@ The whole public API is re-exported here.
 
 import importlib.metadata
 
-from . import datasets as datasets, losses as losses
+from . import datasets as datasets, losses as losses, schedules as schedules, transfer as transfer
 from ._activations import (
     AbstractActivation as AbstractActivation,
     Elementwise as Elementwise,
     Erf as Erf,
     Relu as Relu,
 )
+from ._certify import Certificate as Certificate, certify as certify
 from ._closure_study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
 from ._compare import (
     Comparison as Comparison,
@@ -19,6 +20,7 @@ from ._compare import (
     trajectory_errors as trajectory_errors,
 )
 from ._data import Dataset as Dataset
+from ._grid import KernelGrid as KernelGrid
 from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
 from ._kernel_machines import (
     KernelComparison as KernelComparison,
@@ -54,6 +56,7 @@ from ._problems import (
     remake as remake,
 )
 from ._reference_problems import sine_problem as sine_problem
+from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
 from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_solve as timed_solve
 from ._study import compare_study as compare_study

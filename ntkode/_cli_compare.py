@@ -19,6 +19,21 @@ def add_arguments(p):
     p.add_argument("--out", default="ntkode-out", help="output folder (default ./ntkode-out)")
     p.add_argument("--quick", action="store_true", help="a small problem, under a minute")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--grid-sizes",
+        default=None,
+        help="comma-separated scheduled-NTK grid sizes (default 2,4,8,16; --quick: 2,8; "
+        "'none' for no scheduled rows)",
+    )
+    p.add_argument(
+        "--schedules", default="time,loss", help="scheduling variables: time,loss (default both)"
+    )
+    p.add_argument(
+        "--interpolation",
+        default="linear",
+        choices=["linear", "smooth", "constant"],
+        help="interpolation between grid kernels (default linear)",
+    )
 
 
 def run(args) -> int:
@@ -33,7 +48,24 @@ def run(args) -> int:
         raise SystemExit("ntkode compare: --t-end must be positive.")
     if not args.rtol > 0:
         raise SystemExit("ntkode compare: --rtol must be positive.")
+    if args.grid_sizes is None:
+        grid_sizes = (2, 8) if args.quick else (2, 4, 8, 16)
+    elif args.grid_sizes.strip().lower() in ("none", ""):
+        grid_sizes = ()
+    else:
+        try:
+            grid_sizes = tuple(int(g) for g in args.grid_sizes.split(","))
+        except ValueError:
+            raise SystemExit("ntkode compare: --grid-sizes takes integers like 2,4,8,16.") from None
+        if any(g < 1 for g in grid_sizes):
+            raise SystemExit("ntkode compare: --grid-sizes must be at least 1.")
+    schedules = tuple(s.strip() for s in args.schedules.split(",") if s.strip())
+    if not set(schedules) <= {"time", "loss"}:
+        raise SystemExit("ntkode compare: --schedules takes time and/or loss.")
     cmp = compare_study(
+        grid_sizes=grid_sizes,
+        schedules=schedules,
+        interpolation=args.interpolation,
         width=args.width,
         depth=args.depth,
         n_train=args.n_train,
@@ -53,5 +85,6 @@ def run(args) -> int:
     print(
         f"\nwrote {os.path.join(args.out, 'results.json')} and "
         f"{os.path.join(args.out, 'compare.png')}"
+        + (f" and {os.path.join(args.out, 'error_vs_G.png')}" if grid_sizes else "")
     )
     return 0

@@ -5,12 +5,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 
 from ._compare import Comparison
 from ._problems import KernelFlowProblem
 from ._reference_problems import sine_problem
 from ._solve import timed_solve
+from ._study_scheduled import add_scheduled_rows, plot_error_vs_grid, saveat_with_nodes
 
 #: `--quick`: a problem small enough for smoke tests (well under a minute on 2 cores).
 QUICK = dict(width=64, depth=2, n_train=64, n_test=64, dim=4, t_end=10.0)
@@ -32,18 +34,29 @@ def compare_study(
     quick: bool = False,
     progress: bool = True,
     log: Callable[[str], Any] = print,
+    grid_sizes: tuple[int, ...] | None = None,
+    schedules: tuple[str, ...] = ("time", "loss"),
+    interpolation: str = "linear",
 ) -> Comparison:
     """True flow vs frozen-NTK flow on the **sine** problem (DESIGN §4).
 
     The reference is the true flow at `rtol`; the truth's own uncertainty is reported as the
     row `true_loose`, the true flow at `10·rtol`, measured against the reference (on ReLU
     networks activation patterns chatter and the true flow is itself uncertain at the 1% level,
-    DESIGN §5). Each row records wall seconds of the compiled solve (compile time separately)
-    and solver steps. With `out`, writes `results.json` after every method (an interrupted
-    run keeps what it finished) and `compare.png`.
+    DESIGN §5). Then scheduled-NTK surrogates (issue 4): for each `G` in `grid_sizes`
+    (default 2, 4, 8, 16; with `quick` 2, 8; `()` for none) and
+    each of `schedules` (`"time"`, `"loss"`), a grid of `G` kernels at uniform snapshot times
+    of the reference run, interpolated (`interpolation`: `"linear"`, `"smooth"`,
+    `"constant"`); their rows add `grid_seconds` (kernel computation), `speedup` (true-flow
+    seconds over surrogate solve seconds) and `truth_uncertainty`. Each row records wall
+    seconds of the compiled solve (compile time separately) and solver steps. With `out`,
+    writes `results.json` after every method (an interrupted run keeps what it finished),
+    `compare.png` and, with grids, `error_vs_G.png`.
 
     **Returns:** a [`ntkode.Comparison`][].
     """
+    if grid_sizes is None:
+        grid_sizes = (2, 8) if quick else (2, 4, 8, 16)
     if quick:
         width, depth, n_train, n_test, dim = (
             int(QUICK[k]) for k in ("width", "depth", "n_train", "n_test", "dim")
@@ -63,6 +76,9 @@ def compare_study(
         os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, "results.json") if out else None
     ts = jnp.linspace(0.0, t_end, n_save)
+    if grid_sizes:
+        ts = saveat_with_nodes(ts, t_end, grid_sizes)
+    steps = 4 if grid_sizes else 3
     cmp = Comparison("true")
 
     def checkpoint():
@@ -73,9 +89,14 @@ def compare_study(
         f"sine: MLP {dim}->{width}x{depth}->1 ({activation}), n_train={n_train}, "
         f"n_test={n_test}, t in [0, {t_end}]"
     )
-    log(f"[1/3] true flow, Tsit5, rtol={rtol:g} (reference)")
+    log(f"[1/{steps}] true flow, Tsit5, rtol={rtol:g} (reference)")
     true, sec, csec = timed_solve(
-        problem, saveat=ts, rtol=rtol, atol=1e-2 * rtol, progress=progress
+        problem,
+        saveat=ts,
+        rtol=rtol,
+        atol=1e-2 * rtol,
+        progress=progress,
+        save_weights=bool(grid_sizes),
     )
     if not true.success:
         log(f"  warning: {true.message}")
@@ -83,14 +104,14 @@ def compare_study(
     checkpoint()
 
     loose = 10 * rtol
-    log(f"[2/3] true flow, rtol={loose:g} (the truth's own uncertainty)")
+    log(f"[2/{steps}] true flow, rtol={loose:g} (the truth's own uncertainty)")
     sol, sec, csec = timed_solve(
         problem, saveat=ts, rtol=loose, atol=1e-2 * loose, progress=progress
     )
     cmp.add("true_loose", sol, true, seconds=sec, compile_seconds=csec, rtol=loose)
     checkpoint()
 
-    log("[3/3] frozen NTK at initialisation (closed form)")
+    log(f"[3/{steps}] frozen NTK at initialisation (closed form)")
     start = time.perf_counter()
     frozen = KernelFlowProblem.from_model(
         problem.model, problem.data, problem.loss, problem.tspan, problem.learning_rate
@@ -109,6 +130,29 @@ def compare_study(
     )
     checkpoint()
 
+    if grid_sizes:
+        log(f"[4/4] scheduled NTK grids, G in {list(grid_sizes)}, {interpolation} weights")
+        add_scheduled_rows(
+            cmp,
+            problem,
+            true,
+            grid_sizes=grid_sizes,
+            schedules=schedules,
+            interpolation=interpolation,
+            log=log,
+            checkpoint=checkpoint,
+        )
+        # The weights were only needed for the grids; drop them before keeping the solution.
+        cmp.solutions["true"] = eqx.tree_at(
+            lambda s: s.weights, true, None, is_leaf=lambda x: x is None
+        )
+
     if out:
-        cmp.plot(os.path.join(out, "compare.png"))
+        shown = Comparison("true")
+        shown.rows = cmp.rows
+        keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
+        shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
+        shown.plot(os.path.join(out, "compare.png"))
+        if grid_sizes:
+            plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
     return cmp
