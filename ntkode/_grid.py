@@ -247,7 +247,7 @@ class KernelGrid(eqx.Module):
         they store. `test_basis = Θ_*(X_*, X) V`.
         """
         if self.low_rank:
-            return self.eigvals, self.eigvecs, self.test_basis
+            return self.eigvals, self.eigvecs, self.test_basis  # pyright: ignore[reportReturnType]
         lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
         return lam, vec, jnp.einsum("gij,gjr->gir", self.kernel_test, vec)
 
@@ -255,7 +255,7 @@ class KernelGrid(eqx.Module):
         """Train kernels as dense matrices (reconstructed from eigenpairs if low-rank)."""
         if self.low_rank:
             return jnp.einsum("gir,gr,gjr->gij", self.eigvecs, self.eigvals, self.eigvecs)
-        return self.kernel_train
+        return self.kernel_train  # pyright: ignore[reportReturnType]
 
     def compress(self, rank: int) -> "KernelGrid":
         """A low-rank copy keeping the top-`rank` eigenpairs of each train kernel.

@@ -58,7 +58,7 @@ class LossLevel(AbstractSchedule):
     log: bool = eqx.field(static=True, default=True)
 
     def residual_sq(self, s, n: int):
-        """For mean MSE, the $\|u - Y\|^2$ at which this schedule takes value `s`."""
+        r"""For mean MSE, the $\|u - Y\|^2$ at which this schedule takes value `s`."""
         return 2.0 * n * (jnp.exp(s) if self.log else jnp.maximum(s, 0.0))
 
     def __call__(self, t, u, y, loss):
@@ -73,7 +73,7 @@ class ResidualNorm(AbstractSchedule):
     log: bool = eqx.field(static=True, default=True)
 
     def residual_sq(self, s, n: int):
-        """The $\|u - Y\|^2$ at which this schedule takes value `s`."""
+        r"""The $\|u - Y\|^2$ at which this schedule takes value `s`."""
         return jnp.exp(2.0 * s) if self.log else jnp.maximum(s, 0.0) ** 2
 
     def __call__(self, t, u, y, loss):
