@@ -32,6 +32,7 @@ from ._certify import Certificate as Certificate, certify as certify
 from ._grid import KernelGrid as KernelGrid
 from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
 # -- grid tuning (issue 5) --
+from ._tuning import TuneResult as TuneResult, tune_grid as tune_grid
 # -- infinite width (issue 6) --
 # -- path kernels and closure (issue 7) --
 # -- gated ReLU and MKL (issue 8) --
