@@ -138,6 +138,10 @@ class _Objective(eqx.Module):
     ref_train_dot: Array | None
     end_kernels: tuple | None
     flip: bool = eqx.field(static=True)
+    # Time-scheduled interpolation has kinks in t at the nodes; stepping exactly onto them
+    # (diffrax `step_ts`) makes discretise-then-optimise gradients converge like the solution.
+    step_at_nodes: bool = eqx.field(static=True, default=False)
+    stop_step_ts: bool = eqx.field(static=True, default=False)
 
     def positions(self, z):
         """Node positions in the optimised coordinate (scheduling values or times)."""
@@ -170,8 +174,17 @@ class _Objective(eqx.Module):
         )
         return eqx.tree_at(lambda p: p.grid, self.problem, grid)
 
+    def solve_options(self, z):
+        if not self.step_at_nodes:
+            return self.options
+        x = self.positions(z)
+        # BacksolveAdjoint takes no gradient through the controller (it is not needed there).
+        x = jax.lax.stop_gradient(x) if self.stop_step_ts else x
+        controller = diffrax.ClipStepSizeController(self.options.controller, step_ts=x)
+        return eqx.tree_at(lambda o: o.controller, self.options, controller)
+
     def residuals(self, z, args=None):
-        sol = self.problem_at(z)._solve(self.solver, self.options)
+        sol = self.problem_at(z)._solve(self.solver, self.solve_options(z))
         r = (sol.train - self.u_ref).reshape(-1)
         if self.us_ref is not None:
             r = jnp.concatenate([r, (sol.test - self.us_ref).reshape(-1)])
@@ -434,6 +447,11 @@ def build_objective(
         lo=jnp.asarray(x0[0], dtype),
         hi=jnp.asarray(x0[-1], dtype),
         mode=nodes,
+        step_at_nodes=not problem.schedule.depends_on_state
+        and not isinstance(
+            options.controller, diffrax.ConstantStepSize | diffrax.ClipStepSizeController
+        ),
+        stop_step_ts=isinstance(options.adjoint, diffrax.BacksolveAdjoint),
         **fields,
     )
     return obj, nodes_to_logits(jnp.asarray(x0, dtype)), t_init
