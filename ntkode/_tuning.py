@@ -141,7 +141,6 @@ class _Objective(eqx.Module):
     # Time-scheduled interpolation has kinks in t at the nodes; stepping exactly onto them
     # (diffrax `step_ts`) makes discretise-then-optimise gradients converge like the solution.
     step_at_nodes: bool = eqx.field(static=True, default=False)
-    stop_step_ts: bool = eqx.field(static=True, default=False)
 
     def positions(self, z):
         """Node positions in the optimised coordinate (scheduling values or times)."""
@@ -177,9 +176,9 @@ class _Objective(eqx.Module):
     def solve_options(self, z):
         if not self.step_at_nodes:
             return self.options
-        x = self.positions(z)
-        # BacksolveAdjoint takes no gradient through the controller (it is not needed there).
-        x = jax.lax.stop_gradient(x) if self.stop_step_ts else x
+        # No gradient through the controller: differentiating adaptive step-size choices
+        # gave wrong gradients at loose tolerances (measured: sign errors at rtol 1e-4).
+        x = jax.lax.stop_gradient(self.positions(z))
         controller = diffrax.ClipStepSizeController(self.options.controller, step_ts=x)
         return eqx.tree_at(lambda o: o.controller, self.options, controller)
 
@@ -451,7 +450,6 @@ def build_objective(
         and not isinstance(
             options.controller, diffrax.ConstantStepSize | diffrax.ClipStepSizeController
         ),
-        stop_step_ts=isinstance(options.adjoint, diffrax.BacksolveAdjoint),
         **fields,
     )
     return obj, nodes_to_logits(jnp.asarray(x0, dtype)), t_init
@@ -613,11 +611,15 @@ def _run_optax(obj, z0, optimiser, adjoint, steps, log):
 def _run_optimistix(obj, z0, solver, adjoint, steps, log):
     least_squares = isinstance(solver, optx.AbstractLeastSquaresSolver)
     fwd = isinstance(adjoint, diffrax.ForwardMode)
+    j0 = float(_value(obj, z0))
+    # BFGS starts from an identity Hessian, so its first step is -∇J: measure J in units of
+    # its initial value, making the start independent of the data's scale.
+    scale = 1.0 / j0 if np.isfinite(j0) and j0 > 0 else 1.0
     if least_squares:
-        fn = lambda z, args: (obj.residuals(z), None)
+        fn = lambda z, args: (obj.residuals(z) * np.sqrt(scale), None)
         options = {"jac": "fwd" if fwd else "bwd"}
     else:
-        fn = lambda z, args: (obj.value(z), None)
+        fn = lambda z, args: (obj.value(z) * scale, None)
         options = {"autodiff_mode": "fwd" if fwd else "bwd"}
     fn = eqx.filter_closure_convert(fn, z0, None)
     f_struct, aux_struct = fn.out_struct
@@ -625,7 +627,7 @@ def _run_optimistix(obj, z0, solver, adjoint, steps, log):
     step_fn = eqx.filter_jit(lambda z, s: solver.step(fn, z, None, options, s, frozenset())[:2])
     done_fn = eqx.filter_jit(lambda z, s: solver.terminate(fn, z, None, options, s, frozenset()))
     z = z0
-    history = [float(_value(obj, z0))]
+    history = [j0]
     iterates = [z0]
     if not np.isfinite(history[0]):
         return z0, [np.inf], 0, 0, _stop_message(0, "objective", obj.positions(z0)), False
