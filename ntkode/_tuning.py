@@ -138,9 +138,6 @@ class _Objective(eqx.Module):
     ref_train_dot: Array | None
     end_kernels: tuple | None
     flip: bool = eqx.field(static=True)
-    # Time-scheduled interpolation has kinks in t at the nodes; stepping exactly onto them
-    # (diffrax `step_ts`) makes discretise-then-optimise gradients converge like the solution.
-    step_at_nodes: bool = eqx.field(static=True, default=False)
 
     def positions(self, z):
         """Node positions in the optimised coordinate (scheduling values or times)."""
@@ -173,17 +170,8 @@ class _Objective(eqx.Module):
         )
         return eqx.tree_at(lambda p: p.grid, self.problem, grid)
 
-    def solve_options(self, z):
-        if not self.step_at_nodes:
-            return self.options
-        # No gradient through the controller: differentiating adaptive step-size choices
-        # gave wrong gradients at loose tolerances (measured: sign errors at rtol 1e-4).
-        x = jax.lax.stop_gradient(self.positions(z))
-        controller = diffrax.ClipStepSizeController(self.options.controller, step_ts=x)
-        return eqx.tree_at(lambda o: o.controller, self.options, controller)
-
     def residuals(self, z, args=None):
-        sol = self.problem_at(z)._solve(self.solver, self.solve_options(z))
+        sol = self.problem_at(z)._solve(self.solver, self.options)
         r = (sol.train - self.u_ref).reshape(-1)
         if self.us_ref is not None:
             r = jnp.concatenate([r, (sol.test - self.us_ref).reshape(-1)])
@@ -446,10 +434,6 @@ def build_objective(
         lo=jnp.asarray(x0[0], dtype),
         hi=jnp.asarray(x0[-1], dtype),
         mode=nodes,
-        step_at_nodes=not problem.schedule.depends_on_state
-        and not isinstance(
-            options.controller, diffrax.ConstantStepSize | diffrax.ClipStepSizeController
-        ),
         **fields,
     )
     return obj, nodes_to_logits(jnp.asarray(x0, dtype)), t_init

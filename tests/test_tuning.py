@@ -92,7 +92,11 @@ def test_gradient_equals_central_differences(nodes):
 
 
 def test_adjoints_agree():
-    p = _problem()
+    # Smooth (C²) weights: with hat functions the kernel has kinks in t at the nodes and the
+    # discretise-then-optimise gradient converges only like the local step size there
+    # (measured 0.4% from BacksolveAdjoint at rtol 1e-10), which would test the kinks, not
+    # the adjoints.
+    p = eqx.tree_at(lambda q: q.interpolation, _problem(), S.Smoothstep(order=2))
     _, model, ref = _setup()
     grads = {}
     for adjoint in (
@@ -106,9 +110,8 @@ def test_adjoints_agree():
     base = grads["RecursiveCheckpointAdjoint"]
     # ForwardMode differentiates the same discrete solve: round-off only.
     np.testing.assert_allclose(grads["ForwardMode"], base, rtol=1e-8)
-    # BacksolveAdjoint solves the continuous adjoint ODE; both at rtol 1e-10 and stepping onto
-    # the nodes (kinks of the time-interpolated kernel): measured agreement ~4e-6.
-    np.testing.assert_allclose(grads["BacksolveAdjoint"], base, rtol=1e-4)
+    # BacksolveAdjoint solves the continuous adjoint ODE; both at rtol 1e-10: measured ~1e-6.
+    np.testing.assert_allclose(grads["BacksolveAdjoint"], base, rtol=1e-5)
 
 
 def test_linear_model_objective_is_zero_and_stays_zero():
@@ -245,3 +248,30 @@ def test_non_finite_objective_stops_with_step_and_last_good_nodes():
     assert res.objective <= res.initial_objective
     with pytest.raises(RuntimeError, match="step 3"):
         nk.tune_grid(p, ref, optimiser=opt, steps=5, throw=True)
+
+
+@pytest.mark.slow
+def test_compare_quick_tune_writes_rows_and_figure(tmp_path):
+    # ~2 minutes on 2 busy cores: the quick study plus tuning of its G=8 grids.
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ntkode._cli", "compare", "--quick", "--tune", "--no-progress"]
+    proc = subprocess.run(
+        cmd + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "results.json").read_text())
+    for name in ("time", "loss"):
+        row = rows[f"tuned_{name}_G8"]
+        # The best iterate is kept: the tuned objective never exceeds the uniform grid's.
+        assert row["objective"] <= row["initial_objective"]
+        assert len(row["nodes"]) == 8 and row["error_reduction"] > 0
+    assert (out / "tuned_nodes.png").stat().st_size > 10_000
+    assert "tuned_time_G8" in proc.stdout
