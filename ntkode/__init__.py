@@ -27,10 +27,11 @@ from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_so
 
 # -- fast NTK engine (issue 3) --
 # -- scheduled kernels (issue 4) --
-from . import schedules as schedules
+from . import schedules as schedules, transfer as transfer
 from ._certify import Certificate as Certificate, certify as certify
 from ._grid import KernelGrid as KernelGrid
 from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
+
 # -- grid tuning (issue 5) --
 from ._tuning import TuneResult as TuneResult, tune_grid as tune_grid
 # -- infinite width (issue 6) --

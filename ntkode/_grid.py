@@ -394,7 +394,9 @@ class KernelGrid(eqx.Module):
         req = np.atleast_1d(np.asarray(times, dtype=float))
         span = max(float(ts[-1] - ts[0]), 1.0)
         idx = np.abs(ts[None, :] - req[:, None]).argmin(axis=1)
-        far = np.abs(ts[idx] - req) > 1e-9 * span
+        # Saved times carry the solution's precision (float32 times are ~1e-7 relative).
+        tol = max(1e-9, 10 * float(np.finfo(ts.dtype).eps)) * span
+        far = np.abs(ts[idx] - req) > tol
         if np.any(far):
             raise ValueError(
                 f"`times` {req[far].tolist()} are not among the solution's saved times; solve "

@@ -95,34 +95,65 @@ class Smoothstep(AbstractInterpolation):
 
 
 class PiecewiseConstant(AbstractInterpolation):
-    """One kernel at a time: the nearest node (`mode="nearest"`) or the last node passed
-    (`mode="left"`, a zero-order hold).
+    r"""One fixed kernel per piece of the schedule axis.
 
-    With a time schedule and MSE, this makes the surrogate piecewise linear-time-invariant, and
-    `solve` uses exact matrix exponentials per segment (no ODE steps).
+    - `mode="nearest"`: the nearest node's kernel.
+    - `mode="left"`: the last node passed (a zero-order hold).
+    - `mode="average"`: each interval $[s_i, s_{i+1}]$ is cut into `substeps` equal pieces,
+      each carrying the linearly interpolated kernel at its midpoint; with `substeps=1` that
+      is $	frac12(\Theta_i + \Theta_{i+1})$. This is the midpoint rule for
+      [`ntkode.schedules.Linear`][] and converges to it (second order) as `substeps` grows.
+
+    With a time schedule and MSE, the surrogate is then piecewise linear-time-invariant and
+    `solve` uses exact matrix exponentials per piece (no ODE steps): one eigendecomposition per
+    piece (`G` for nearest/left, `(G-1)·substeps + 2` for average).
     """
 
     mode: str = eqx.field(static=True, default="nearest")
-    support: ClassVar[int] = 1
+    substeps: int = eqx.field(static=True, default=1)
+    support: ClassVar[int] = 2
 
     def __check_init__(self):
-        if self.mode not in ("nearest", "left"):
-            raise ValueError(f"`mode` must be 'nearest' or 'left', got {self.mode!r}.")
+        if self.mode not in ("nearest", "left", "average"):
+            raise ValueError(f"`mode` must be 'nearest', 'left' or 'average', got {self.mode!r}.")
+        if int(self.substeps) < 1:
+            raise ValueError(f"`substeps` must be a positive integer, got {self.substeps!r}.")
 
     def local(self, s, nodes):
         i, a = _segment(s, nodes)
-        if nodes.shape[0] > 1:
-            if self.mode == "nearest":
-                i = i + (a >= 0.5).astype(i.dtype)
-            else:
-                i = i + (a >= 1.0).astype(i.dtype)
-        return i[None], jnp.ones((1,), nodes.dtype)
+        one = jnp.ones((1,), nodes.dtype)
+        if nodes.shape[0] == 1:
+            return i[None], one
+        if self.mode == "nearest":
+            return (i + (a >= 0.5).astype(i.dtype))[None], one
+        if self.mode == "left":
+            return (i + (a >= 1.0).astype(i.dtype))[None], one
+        M = self.substeps
+        j = jnp.clip(jnp.floor(a * M), 0, M - 1)
+        mid = (j + 0.5) / M
+        # Outside the grid: the end kernels exactly (clamping), as for every interpolation.
+        mid = jnp.where(s < nodes[0], 0.0, jnp.where(s >= nodes[-1], 1.0, mid))
+        return _pair(i, 1.0 - mid, mid, nodes)
 
-    def boundaries(self, nodes: Float[Array, " G"]) -> Float[Array, " G+1"]:
-        """Switching points: kernel `g` is active on `[b_g, b_{g+1})`, `b_0 = -∞`, `b_G = +∞`."""
+    def pieces(self, nodes: Float[Array, " G"]) -> tuple[Float[Array, " P+1"], Float[Array, "P G"]]:
+        """Switching points `b` (`b_0 = -∞`, `b_P = +∞`) and each piece's node weights."""
+        G = nodes.shape[0]
         inf = jnp.full((1,), jnp.inf, nodes.dtype)
-        inner = 0.5 * (nodes[1:] + nodes[:-1]) if self.mode == "nearest" else nodes[1:]
-        return jnp.concatenate([-inf, inner, inf])
+        eye = jnp.eye(G, dtype=nodes.dtype)
+        if G == 1:
+            return jnp.concatenate([-inf, inf]), eye
+        if self.mode != "average":
+            inner = 0.5 * (nodes[1:] + nodes[:-1]) if self.mode == "nearest" else nodes[1:]
+            return jnp.concatenate([-inf, inner, inf]), eye
+        M = self.substeps
+        frac = jnp.arange(M, dtype=nodes.dtype) / M
+        starts = (nodes[:-1, None] + frac[None, :] * jnp.diff(nodes)[:, None]).reshape(-1)
+        bounds = jnp.concatenate([-inf, starts, nodes[-1:], inf])
+        mid = (jnp.arange(M, dtype=nodes.dtype) + 0.5) / M
+        w = jnp.zeros((G - 1, M, G), nodes.dtype)
+        rows = jnp.arange(G - 1)
+        w = w.at[rows, :, rows].set(1.0 - mid).at[rows, :, rows + 1].set(mid)
+        return bounds, jnp.concatenate([eye[:1], w.reshape(-1, G), eye[-1:]])
 
 
 def _pair(i, w0, w1, nodes):

@@ -57,6 +57,10 @@ class LossLevel(AbstractSchedule):
 
     log: bool = eqx.field(static=True, default=True)
 
+    def residual_sq(self, s, n: int):
+        """For mean MSE, the $\|u - Y\|^2$ at which this schedule takes value `s`."""
+        return 2.0 * n * (jnp.exp(s) if self.log else jnp.maximum(s, 0.0))
+
     def __call__(self, t, u, y, loss):
         value = loss(u, y)
         # The floor keeps log finite if the residual underflows to zero exactly.
@@ -67,6 +71,10 @@ class ResidualNorm(AbstractSchedule):
     r"""$\sigma = \log\|u - Y\|$ (or $\|u - Y\|$ with `log=False`), the train residual norm."""
 
     log: bool = eqx.field(static=True, default=True)
+
+    def residual_sq(self, s, n: int):
+        """The $\|u - Y\|^2$ at which this schedule takes value `s`."""
+        return jnp.exp(2.0 * s) if self.log else jnp.maximum(s, 0.0) ** 2
 
     def __call__(self, t, u, y, loss):
         value = jnp.sqrt(jnp.sum((u - y) ** 2))

@@ -7,7 +7,14 @@ Solving (`solver=None`):
 
 - MSE, a time schedule and [`ntkode.schedules.PiecewiseConstant`][] weights: the system is
   linear time-invariant between switching times, so it is solved *exactly* by one
-  eigendecomposition per node and matrix exponentials per segment (no steps, no stiffness).
+  eigendecomposition per piece and matrix exponentials per piece (no steps, so no stiffness
+  limit however large $\eta\lambda_{\max}/n$ grows). `PiecewiseConstant("average", M)` cuts
+  each node interval into `M` pieces carrying the linear interpolant's midpoint kernel: the
+  exact-exponential route to [`ntkode.schedules.Linear`][] (second order in `1/M`).
+- MSE, the loss level or residual norm as schedule, and `PiecewiseConstant` weights: also
+  exact. $\|u - Y\|$ never grows under a PSD kernel, so pieces are crossed once each, from
+  the top down; the time a piece is left (when $\|r\|^2$ reaches its boundary level) is
+  found by bisection on the closed form, with an implicit-function gradient.
 - anything else: an adaptive diffrax solve (`Tsit5` with `solve`'s controller). The vector
   field touches only the `support` active kernels. Training stiffens as it goes (DESIGN §5);
   if the step budget runs out the solution's `retcode` says `max_steps_reached` with advice
@@ -174,9 +181,15 @@ class ScheduledKernelProblem(AbstractProblem):
         """True when `solve` with no solver uses exact exponentials (see the module notes)."""
         return (
             isinstance(self.loss, MSE)
-            and not self.schedule.depends_on_state
             and isinstance(self.interpolation, PiecewiseConstant)
+            and (not self.schedule.depends_on_state or self._norm_schedule)
         )
+
+    @property
+    def _norm_schedule(self) -> bool:
+        # Loss level and residual norm are monotone in ‖u - Y‖ for MSE, which never grows
+        # under a PSD kernel: pieces are then crossed once each, at computable times.
+        return isinstance(self.loss, MSE) and hasattr(self.schedule, "residual_sq")
 
     def _solve(self, solver, options: SolveOptions) -> Solution:
         if options.save_weights:
@@ -204,15 +217,37 @@ class ScheduledKernelProblem(AbstractProblem):
         dtype = self.u0_train.dtype
         # One dtype throughout (float32 data with float64 times would break the scan carry).
         ts = options.ts.astype(dtype)
-        lam, vec, basis = (a.astype(dtype) for a in grid.spectral())
+        bounds, weights = self.interpolation.pieces(grid.nodes.astype(dtype))
+        if self.interpolation.mode == "average" and grid.size > 1:
+            # Pieces carry convex combinations of node kernels: diagonalise each piece.
+            kt = jnp.einsum("pg,gij->pij", weights, grid.dense_train())
+            lam, vec = jax.vmap(jnp.linalg.eigh)(kt)
+            if grid.low_rank:
+                ks = jnp.einsum("gir,gjr->gij", grid.test_basis, grid.eigvecs)
+            else:
+                ks = grid.kernel_test
+            basis = jnp.einsum("pg,gij,pjr->pir", weights, ks, vec)
+        else:
+            lam, vec, basis = grid.spectral()
+        lam, vec, basis = (a.astype(dtype) for a in (lam, vec, basis))
         c = (self.learning_rate / self.data.n_train).astype(dtype)
         y = self.data.y_train.reshape(-1)
-        bounds = self.interpolation.boundaries(grid.nodes.astype(dtype))
-        start = jnp.clip(bounds[:-1], self.t0.astype(dtype), self.t1.astype(dtype))
-        end = jnp.clip(bounds[1:], self.t0.astype(dtype), self.t1.astype(dtype))
-        member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
+        t0, t1 = self.t0.astype(dtype), self.t1.astype(dtype)
         r0 = self.u0_train.reshape(-1) - y
         us0 = self.u0_test.reshape(-1)
+        state = self.schedule.depends_on_state
+        if state:
+            # ‖r‖ falls, so the schedule value falls: pieces are crossed from the top down,
+            # piece p until ‖r‖² reaches the level of its lower boundary.
+            order = jnp.arange(bounds.shape[0] - 2, -1, -1)
+            levels = self.schedule.residual_sq(bounds[:-1], self.data.n_train)[order]
+            lam, vec, basis = lam[order], vec[order], basis[order]
+            seg_inputs = (lam, vec, basis, levels)
+        else:
+            start = jnp.clip(bounds[:-1], t0, t1)
+            end = jnp.clip(bounds[1:], t0, t1)
+            member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
+            seg_inputs = (lam, vec, basis, start, end, member)
 
         def propagate(lam_g, vec_g, basis_g, r, us, tau):
             # r(τ) = r + V (e^{-cλτ} - 1) Vᵀ r (the part outside a low-rank basis stays put);
@@ -226,32 +261,70 @@ class ScheduledKernelProblem(AbstractProblem):
             us_new = us - c * basis_g @ (phi * coef)
             return r_new, us_new
 
+        def exit_time(lam_g, vec_g, r, level, horizon):
+            # Smallest τ in [0, horizon] with ‖r(τ)‖² = level (horizon if never reached).
+            coef = vec_g.T @ r
+            perp = jnp.maximum(r @ r - coef @ coef, 0.0)
+
+            def f(tau):
+                return jnp.sum(coef**2 * jnp.exp(-2 * c * lam_g * tau)) + perp - level
+
+            def bisect(_, lohi):
+                lo, hi = lohi
+                mid = 0.5 * (lo + hi)
+                above = f(mid) > 0
+                return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+            h = jax.lax.stop_gradient(horizon)
+            lo, hi = jax.lax.fori_loop(0, 60, bisect, (jnp.zeros_like(h), h))
+            tau = jax.lax.stop_gradient(hi)
+            # One Newton step with frozen slope: value unchanged at the root, and first-order
+            # gradients by the implicit-function theorem.
+            slope = jax.lax.stop_gradient(
+                jnp.sum(-2 * c * lam_g * coef**2 * jnp.exp(-2 * c * lam_g * tau))
+            )
+            newton = tau - f(tau) / jnp.where(slope < 0, slope, -1.0)
+            tau = jnp.where((f(h) > 0) | (slope >= 0), horizon, newton)
+            return jnp.where(f(jnp.zeros_like(h)) <= 0, 0.0, jnp.clip(tau, 0.0, horizon))
+
         def segment(carry, inputs):
-            r, us, out_r, out_us = carry
-            lam_g, vec_g, basis_g, a, b, mask = inputs
+            if state:
+                r, us, now, out = carry
+                lam_g, vec_g, basis_g, level = inputs
+                a = now
+                b = now + exit_time(lam_g, vec_g, r, level, t1 - now)
+                # A non-empty piece ending at t1 also owns t1.
+                mask = (ts >= a) & ((ts < b) | ((ts >= t1) & (b >= t1) & (b > a)))
+            else:
+                r, us, out = carry
+                lam_g, vec_g, basis_g, a, b, mask = inputs
             tau = jnp.clip(ts - a, 0.0, b - a)
-            rt, ust = jax.vmap(lambda tt: propagate(lam_g, vec_g, basis_g, r, us, tt))(tau)
-            out_r = jnp.where(mask[:, None], rt, out_r)
-            out_us = jnp.where(mask[:, None], ust, out_us)
+            # All saved times at once, in the piece's eigenbasis: Vᵀ r(τ) = e^{-cλτ} ⊙ Vᵀ r,
+            # so the velocities (Θ r = V(λ ⊙ Vᵀ r), Θ* r = (Θ* V) Vᵀ r) need no new
+            # projections, and each output is one matrix product with V or Θ* V.
+            coef = vec_g.T @ r
+            x = c * lam_g[None, :] * tau[:, None]
+            small = jnp.abs(x) < 1e-6
+            safe = jnp.where(small, 1.0, c * lam_g[None, :])
+            phi = jnp.where(small, tau[:, None] * (1 - 0.5 * x), -jnp.expm1(-x) / safe)
+            cur = c * jnp.exp(-x) * coef
+            T_ = ts.shape[0]
+            both = jnp.concatenate([jnp.expm1(-x) * coef, -lam_g * cur]) @ vec_g.T
+            rt, dut = r + both[:T_], both[T_:]
+            both = jnp.concatenate([-c * phi * coef, -cur]) @ basis_g.T
+            ust, dust = us + both[:T_], both[T_:]
+            new = (rt, ust, dut, dust)
+            out = tuple(jnp.where(mask[:, None], v, o) for v, o in zip(new, out, strict=True))
             r, us = propagate(lam_g, vec_g, basis_g, r, us, b - a)
-            return (r, us, out_r, out_us), None
+            if state:
+                return (r, us, b, out), None
+            return (r, us, out), None
 
         T = ts.shape[0]
-        init = (
-            r0,
-            us0,
-            jnp.zeros((T,) + r0.shape, r0.dtype),
-            jnp.zeros((T,) + us0.shape, r0.dtype),
-        )
-        (_, _, rs, uss), _ = jax.lax.scan(segment, init, (lam, vec, basis, start, end, member))
-        active = jnp.argmax(member, axis=0)
-        g = rs * c  # ∇_u L = r / n for mean MSE, times η: c·r
-        du = -jax.vmap(lambda i, v: grid.train_matvec(i[None], jnp.ones((1,), v.dtype), v))(
-            active, g
-        )
-        dus = -jax.vmap(lambda i, v: grid.test_matvec(i[None], jnp.ones((1,), v.dtype), v))(
-            active, g
-        )
+        zr, zs = jnp.zeros((T,) + r0.shape, dtype), jnp.zeros((T,) + us0.shape, dtype)
+        init = (r0, us0, t0, (zr, zs, zr, zs)) if state else (r0, us0, (zr, zs, zr, zs))
+        carry, _ = jax.lax.scan(segment, init, seg_inputs)
+        rs, uss, du, dus = carry[-1]
         n, k = self.u0_train.shape
         m = self.u0_test.shape[0]
         zero = jnp.array(0)

@@ -34,7 +34,7 @@ def compare_study(
     quick: bool = False,
     progress: bool = True,
     log: Callable[[str], Any] = print,
-    grid_sizes: tuple[int, ...] = (2, 4, 8, 16),
+    grid_sizes: tuple[int, ...] | None = None,
     schedules: tuple[str, ...] = ("time", "loss"),
     interpolation: str = "linear",
     tune: bool = False,
@@ -47,7 +47,8 @@ def compare_study(
     The reference is the true flow at `rtol`; the truth's own uncertainty is reported as the
     row `true_loose`, the true flow at `10·rtol`, measured against the reference (on ReLU
     networks activation patterns chatter and the true flow is itself uncertain at the 1% level,
-    DESIGN §5). Then scheduled-NTK surrogates (issue 4): for each `G` in `grid_sizes` and
+    DESIGN §5). Then scheduled-NTK surrogates (issue 4): for each `G` in `grid_sizes`
+    (default 2, 4, 8, 16; with `quick` 2, 8; `()` for none) and
     each of `schedules` (`"time"`, `"loss"`), a grid of `G` kernels at uniform snapshot times
     of the reference run, interpolated (`interpolation`: `"linear"`, `"smooth"`,
     `"constant"`); their rows add `grid_seconds` (kernel computation), `speedup` (true-flow
@@ -63,6 +64,8 @@ def compare_study(
 
     **Returns:** a [`ntkode.Comparison`][].
     """
+    if grid_sizes is None:
+        grid_sizes = (2, 8) if quick else (2, 4, 8, 16)
     if quick:
         width, depth, n_train, n_test, dim = (
             int(QUICK[k]) for k in ("width", "depth", "n_train", "n_test", "dim")

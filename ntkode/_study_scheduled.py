@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._certify import certify
 from ._compare import Comparison
 from ._grid import KernelGrid
 from ._interp import Linear, PiecewiseConstant, Smoothstep
@@ -89,19 +90,29 @@ def add_scheduled_rows(
     grid_sizes: Sequence[int] = (2, 4, 8, 16),
     schedules: Sequence[str] = ("time", "loss"),
     interpolation: str = "linear",
+    exact_substeps: int = 2,
     saveat=None,
     log: Callable[[str], Any] = print,
     checkpoint: Callable[[], None] = lambda: None,
 ) -> None:
-    """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`)."""
+    """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`).
+
+    With `exact_substeps`, also rows `scheduled_time_exact_G<G>` / `scheduled_loss_exact_G<G>`:
+    `PiecewiseConstant("average", exact_substeps)`, solved by exact exponentials (no steps).
+    """
     cache = KernelCache(true, problem.model, problem.data)
     truth_err = cmp.rows.get("true_loose", {}).get("max_rel_train_error", float("nan"))
     true_seconds = cmp.rows["true"]["seconds"]
     times = node_times(float(problem.t1), grid_sizes)
-    interp = INTERPOLATIONS[interpolation]
+    variants = [(name, name, INTERPOLATIONS[interpolation]) for name in schedules]
+    if exact_substeps and "time" in schedules:
+        # The exact path: midpoint-rule pieces of the linear interpolant, no ODE steps.
+        variants.append(("time_exact", "time", PiecewiseConstant("average", exact_substeps)))
+    if exact_substeps and "loss" in schedules:
+        variants.append(("loss_exact", "loss", PiecewiseConstant("average", exact_substeps)))
     for G in grid_sizes:
-        for name in schedules:
-            label = f"scheduled_{name}_G{G}"
+        for label_name, name, interp in variants:
+            label = f"scheduled_{label_name}_G{G}"
             grid, grid_seconds = cache.grid(times[G], SCHEDULES[name])
             p = ScheduledKernelProblem(
                 grid,
@@ -113,6 +124,11 @@ def add_scheduled_rows(
                 problem.learning_rate,
             )
             sol, sec, csec = timed_solve(p, saveat=true.t if saveat is None else saveat)
+            cert = certify(grid, problem.learning_rate, interp)
+            r = np.linalg.norm(
+                np.asarray(sol.train - sol.y_train).reshape(sol.t.shape[0], -1), axis=1
+            )
+            holds = bool(np.all(r <= np.asarray(cert.bound(sol.t - sol.t[0], r[0])) * (1 + 1e-4)))
             row = cmp.add(
                 label,
                 sol,
@@ -123,8 +139,11 @@ def add_scheduled_rows(
                 speedup=true_seconds / max(sec, 1e-9),
                 truth_uncertainty=truth_err,
                 grid_size=int(G),
-                schedule=name,
-                interpolation=interpolation,
+                certified_rate=float(cert.rate),
+                stiffness=float(cert.stiffness),
+                certificate_holds=holds,
+                schedule=label_name,
+                interpolation=type(interp).__name__,
             )
             log(
                 f"  {label}: train err {row['max_rel_train_error']:.2%} (truth ±{truth_err:.2%}), "
