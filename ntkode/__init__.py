@@ -60,6 +60,7 @@ from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
 from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
 from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_solve as timed_solve
 from ._study import compare_study as compare_study
+from ._tuning import TuneResult as TuneResult, tune_grid as tune_grid
 from ._widths import width_run as width_run, width_study as width_study
 
 try:

@@ -34,6 +34,20 @@ def add_arguments(p):
         choices=["linear", "smooth", "constant"],
         help="interpolation between grid kernels (default linear)",
     )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="also tune the node positions of the G=4 and G=8 grids (adds tuned_* rows and "
+        "tuned_nodes.png)",
+    )
+    p.add_argument(
+        "--tune-nodes",
+        default="schedule",
+        choices=["schedule", "time"],
+        help="what tuning moves: positions on the schedule (kernels fixed) or node times "
+        "(kernels recomputed there)",
+    )
+    p.add_argument("--tune-steps", type=int, default=None, help="Adam steps (default 25)")
 
 
 def run(args) -> int:
@@ -59,6 +73,8 @@ def run(args) -> int:
             raise SystemExit("ntkode compare: --grid-sizes takes integers like 2,4,8,16.") from None
         if any(g < 1 for g in grid_sizes):
             raise SystemExit("ntkode compare: --grid-sizes must be at least 1.")
+    if args.tune_steps is not None and args.tune_steps < 0:
+        raise SystemExit("ntkode compare: --tune-steps must be non-negative.")
     schedules = tuple(s.strip() for s in args.schedules.split(",") if s.strip())
     if not set(schedules) <= {"time", "loss"}:
         raise SystemExit("ntkode compare: --schedules takes time and/or loss.")
@@ -66,6 +82,9 @@ def run(args) -> int:
         grid_sizes=grid_sizes,
         schedules=schedules,
         interpolation=args.interpolation,
+        tune=args.tune,
+        tune_nodes=args.tune_nodes,
+        tune_steps=args.tune_steps,
         width=args.width,
         depth=args.depth,
         n_train=args.n_train,
@@ -86,5 +105,6 @@ def run(args) -> int:
         f"\nwrote {os.path.join(args.out, 'results.json')} and "
         f"{os.path.join(args.out, 'compare.png')}"
         + (f" and {os.path.join(args.out, 'error_vs_G.png')}" if grid_sizes else "")
+        + (f" and {os.path.join(args.out, 'tuned_nodes.png')}" if args.tune else "")
     )
     return 0

@@ -359,10 +359,6 @@ def solve_function_space(problem, field, solver, options: SolveOptions, kind: st
     """diffrax solve of a function-space field on the state `(u_train, u_test)`."""
     solver = diffrax.Tsit5() if solver is None else solver
 
-    def save(t, y, lr):
-        du, dus = field(t, y, lr)
-        return y[0], y[1], du, dus
-
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
         solver,
@@ -371,7 +367,8 @@ def solve_function_space(problem, field, solver, options: SolveOptions, kind: st
         options.dt0,
         (problem.u0_train, problem.u0_test),
         args=problem.learning_rate,
-        saveat=diffrax.SaveAt(ts=options.ts, fn=save),
+        # Outputs only (no `SaveAt(fn=...)`): diffrax.BacksolveAdjoint accepts nothing else.
+        saveat=diffrax.SaveAt(ts=options.ts),
         stepsize_controller=options.controller,
         adjoint=options.adjoint,
         event=options.event,
@@ -379,7 +376,8 @@ def solve_function_space(problem, field, solver, options: SolveOptions, kind: st
         throw=False,
         progress_meter=options.progress_meter,
     )
-    u, us, du, dus = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+    u, us = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+    du, dus = jax.vmap(lambda t, a, b: field(t, (a, b), problem.learning_rate))(sol.ts, u, us)
     return Solution(
         t=sol.ts,
         train=u,

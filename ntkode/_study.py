@@ -37,6 +37,10 @@ def compare_study(
     grid_sizes: tuple[int, ...] | None = None,
     schedules: tuple[str, ...] = ("time", "loss"),
     interpolation: str = "linear",
+    tune: bool = False,
+    tune_nodes: str = "schedule",
+    tune_steps: int | None = None,
+    tune_sizes: tuple[int, ...] = (4, 8),
 ) -> Comparison:
     """True flow vs frozen-NTK flow on the **sine** problem (DESIGN §4).
 
@@ -52,6 +56,11 @@ def compare_study(
     seconds of the compiled solve (compile time separately) and solver steps. With `out`,
     writes `results.json` after every method (an interrupted run keeps what it finished),
     `compare.png` and, with grids, `error_vs_G.png`.
+
+    With `tune=True` (issue 5), the uniform grids of sizes `tune_sizes` (those also in
+    `grid_sizes`) are tuned with [`ntkode.tune_grid`][] (`tune_nodes`: `"schedule"` or
+    `"time"`; `tune_steps` Adam steps, default 25, 5 with `quick`), adding rows
+    `tuned_<schedule>_G<G>` and the figure `tuned_nodes.png`.
 
     **Returns:** a [`ntkode.Comparison`][].
     """
@@ -142,6 +151,23 @@ def compare_study(
             log=log,
             checkpoint=checkpoint,
         )
+        tuned = [G for G in grid_sizes if G in tune_sizes and G >= 3] if tune else []
+        if tuned:
+            from ._study_tuning import add_tuned_rows
+
+            log(f"[tune] tuning {tune_nodes} nodes of the uniform grids G in {tuned}")
+            add_tuned_rows(
+                cmp,
+                problem,
+                true,
+                grid_sizes=tuned,
+                schedules=schedules,
+                interpolation=interpolation,
+                nodes=tune_nodes,
+                steps=tune_steps if tune_steps is not None else (5 if quick else 25),
+                log=log,
+                checkpoint=checkpoint,
+            )
         # The weights were only needed for the grids; drop them before keeping the solution.
         cmp.solutions["true"] = eqx.tree_at(
             lambda s: s.weights, true, None, is_leaf=lambda x: x is None
@@ -155,4 +181,8 @@ def compare_study(
         shown.plot(os.path.join(out, "compare.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
+        if any(k.startswith("tuned_") for k in cmp.rows):
+            from ._study_tuning import plot_nodes_on_loss
+
+            plot_nodes_on_loss(cmp, os.path.join(out, "tuned_nodes.png"))
     return cmp
