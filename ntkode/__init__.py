@@ -30,6 +30,21 @@ from ._solve import EnsembleProblem as EnsembleProblem, solve as solve
 # -- path kernels and closure (issue 7) --
 
 # -- gated ReLU and MKL (issue 8) --
+from ._gated import GatedReLU as GatedReLU, gated_relu_ntk_infinite as gated_relu_ntk_infinite
+from ._mkl import (
+    MaskedKernels as MaskedKernels,
+    check_simplex as check_simplex,
+    mkl_objective as mkl_objective,
+    ntk_weights as ntk_weights,
+)
+from ._mkl_solve import (
+    GroupLassoSolution as GroupLassoSolution,
+    MKLSolution as MKLSolution,
+    group_lasso as group_lasso,
+    kernel_ridge as kernel_ridge,
+    optimal_mkl as optimal_mkl,
+)
+from ._mkl_study import mkl_compare as mkl_compare, mkl_study as mkl_study
 
 # -- studies --
 

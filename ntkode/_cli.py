@@ -10,6 +10,7 @@ import sys
 
 _COMMANDS = [
     "ntkode._cli_compare",
+    "ntkode._cli_mkl",
 ]
 
 
