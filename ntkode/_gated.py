@@ -144,8 +144,6 @@ def gated_relu_ntk_infinite(
     # θ = 2 atan2(|x̂1 − x̂2|, |x̂1 + x̂2|) is accurate near θ = 0, where arccos(cos θ) loses
     # half the digits (1e-8 instead of 1e-16 on the diagonal). A zero input is in every
     # half-space {g·x ≥ 0}; its kernel row is 0 anyway (gram = 0).
-    theta = 2 * jnp.arctan2(
-        jnp.linalg.norm(u1 - u2, axis=-1), jnp.linalg.norm(u1 + u2, axis=-1)
-    )
+    theta = 2 * jnp.arctan2(jnp.linalg.norm(u1 - u2, axis=-1), jnp.linalg.norm(u1 + u2, axis=-1))
     kernel = gram * (jnp.pi - theta) / (2 * jnp.pi)
     return 2 * kernel if train_readout else kernel

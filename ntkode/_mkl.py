@@ -200,7 +200,9 @@ def check_simplex(eta, p: int | None = None, name: str = "eta", atol: float = 1e
     eta = jnp.asarray(eta)
     if eta.ndim != 1 or (p is not None and eta.shape[0] != p):
         want = f"({p},)" if p is not None else "(p,)"
-        raise ValueError(f"`{name}` must have shape {want} (one weight per kernel), got {eta.shape}.")
+        raise ValueError(
+            f"`{name}` must have shape {want} (one weight per kernel), got {eta.shape}."
+        )
     check_finite(name, eta)
     if isinstance(eta, jax.core.Tracer):
         return eta
