@@ -235,8 +235,8 @@ def ntk_weights(
     - `method`: `"counts"` (frequencies of the sampled gates that built the family: then
       $K_\eta$ is *exactly* the empirical NTK of a gated-ReLU network with those gates, unit
       read-out and the read-out frozen), `"monte_carlo"` (fresh Gaussian gates), `"exact"`
-      (arc lengths; `d ≤ 2` only), or `"auto"` (`exact` in `d ≤ 2`, else `counts` when the
-      family was sampled, else `monte_carlo`).
+      (arc lengths; `d ≤ 2` only), or `"auto"` (`counts` when the family was sampled, else
+      `exact` in `d ≤ 2`, else `monte_carlo`).
     - `num_samples`, `key`: Monte Carlo sample size and key (default `jax.random.key(0)`).
 
     **Returns:** `(eta, stderr)`: weights on the simplex and their standard errors
@@ -246,7 +246,7 @@ def ntk_weights(
     d = x.shape[1]
     sampled = float(jnp.sum(family.counts)) > 0
     if method == "auto":
-        method = "exact" if d <= 2 else ("counts" if sampled else "monte_carlo")
+        method = "counts" if sampled else ("exact" if d <= 2 else "monte_carlo")
     if method == "counts":
         if not sampled:
             raise ValueError(

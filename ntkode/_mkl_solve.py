@@ -187,7 +187,7 @@ class GroupLassoSolution(eqx.Module):
 
     weights: Float[Array, "p d k"]
     objective: Float[Array, " T"]
-    step_size: float
+    step_size: Float[Array, ""]
     num_iterations: Int[Array, ""]
 
 

@@ -227,3 +227,14 @@ def test_other_bad_input():
     with pytest.raises(ValueError, match="exact"):
         fam = nk.MaskedKernels.from_gates(x, _points(8, 3))
         nk.ntk_weights(fam, method="exact")
+
+
+@pytest.mark.slow
+def test_example_runs(capsys):
+    # The example prints the NTK = K_η check and both objectives; ~6 s of CPU.
+    import runpy
+    from pathlib import Path
+
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "gated_relu_mkl.py"))
+    out = capsys.readouterr().out
+    assert "max |NTK − K_η_NTK|" in out and "optimal MKL" in out
