@@ -141,7 +141,8 @@ class MaskedKernels(eqx.Module):
                 for s in (1.0, -1.0):
                     if margin.size:
                         shift = np.abs(xn[~on_ray] @ push.T)  # (n_off, 2^(d-1))
-                        eps = 0.5 * np.min(margin[:, None] / np.maximum(shift, 1e-300), axis=0)
+                        ratio = margin[:, None] / np.maximum(shift, 1e-300)
+                        eps = np.minimum(0.5 * np.min(ratio, axis=0), 1.0)
                     else:
                         eps = np.ones(len(signs))
                     found.append(s * ray[None, :] + eps[:, None] * push)

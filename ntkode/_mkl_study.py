@@ -32,7 +32,7 @@ from ._gated import GatedReLU, gated_relu_ntk_infinite
 from ._mkl import MaskedKernels, ntk_weights
 from ._mkl_solve import MKLSolution, kernel_ridge, optimal_mkl
 
-_REL_REGS = (1e-3, 1e-2, 1e-1, 1.0)
+_REL_REGS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def _task(y: np.ndarray) -> str:
