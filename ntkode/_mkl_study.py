@@ -15,6 +15,7 @@ training split (validation squared error). The training objectives $J(\eta)$ of 
 compared at the *same* λ (the NTK's choice), where the paper proves $J_{\rm MKL} \le J_{\rm NTK}$.
 """
 
+import inspect
 import json
 import math
 import time
@@ -334,7 +335,13 @@ def mkl_study(
                 f"net {res['net']['test']:.4f} ({res['seconds']:.1f} s)"
             )
         if out is not None:
-            payload = {"settings": {"quick": quick, "seed": seed, **settings}, "results": results}
+            defaults = {
+                k: v.default
+                for k, v in inspect.signature(mkl_compare).parameters.items()
+                if v.default is not inspect.Parameter.empty and k != "seed"
+            }
+            used = {"quick": quick, "seed": seed, **defaults, **settings}
+            payload = {"settings": used, "results": results}
             (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
     if out is not None and results:
         plot_mkl_study(results, out / "mkl.png")
