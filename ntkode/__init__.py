@@ -20,6 +20,7 @@ from ._compare import (
     trajectory_errors as trajectory_errors,
 )
 from ._data import Dataset as Dataset
+from ._gated import GatedReLU as GatedReLU, gated_relu_ntk_infinite as gated_relu_ntk_infinite
 from ._grid import KernelGrid as KernelGrid
 from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
 from ._kernel_machines import (
@@ -27,6 +28,20 @@ from ._kernel_machines import (
     compare_kernels as compare_kernels,
     kernel_regression as kernel_regression,
 )
+from ._mkl import (
+    MaskedKernels as MaskedKernels,
+    check_simplex as check_simplex,
+    mkl_objective as mkl_objective,
+    ntk_weights as ntk_weights,
+)
+from ._mkl_solve import (
+    GroupLassoSolution as GroupLassoSolution,
+    MKLSolution as MKLSolution,
+    group_lasso as group_lasso,
+    kernel_ridge as kernel_ridge,
+    optimal_mkl as optimal_mkl,
+)
+from ._mkl_study import mkl_compare as mkl_compare, mkl_study as mkl_study
 from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
 from ._ntk import (
     NTVPNTK as NTVPNTK,

@@ -12,6 +12,7 @@ _COMMANDS = [
     "ntkode._cli_compare",
     "ntkode._cli_widths",
     "ntkode._cli_closure",
+    "ntkode._cli_mkl",
 ]
 
 
