@@ -312,13 +312,16 @@ def _match(family: MaskedKernels, hits: np.ndarray, weights: np.ndarray):
     return out, missing
 
 
+@jax.jit
 def _ridge_solve(kernel: Array, y: Array, reg) -> Array:
     """`(K + λI)^{-1} Y` column by column with lineax's Cholesky (K + λI is SPD)."""
     n = kernel.shape[0]
     op = lx.MatrixLinearOperator(
         kernel + reg * jnp.eye(n, dtype=kernel.dtype), lx.positive_semidefinite_tag
     )
-    solve = lambda b: lx.linear_solve(op, b, lx.Cholesky()).value
+    solver = lx.Cholesky()
+    state = solver.init(op, options={})  # factorise once, reuse for every column
+    solve = lambda b: lx.linear_solve(op, b, solver, state=state).value
     return jax.vmap(solve, in_axes=1, out_axes=1)(y)
 
 

@@ -143,8 +143,8 @@ def optimal_mkl(
     p = family.num_patterns
     eta = jnp.full((p,), 1.0 / p, family.x.dtype) if eta0 is None else eta0
     eta = check_simplex(eta, p, "eta0").astype(family.x.dtype)
-    reg = jnp.asarray(reg, family.x.dtype)
-    state = _evaluate(family, eta, y, reg)
+    reg_arr = jnp.asarray(reg, family.x.dtype)
+    state = _evaluate(family, eta, y, reg_arr)
     history = [state[1:]]
     power, steps, converged, best_dual = 2.0, 0, False, None
     while True:
@@ -156,11 +156,11 @@ def optimal_mkl(
             break
         # The plain step (ω = 1) is the majorise-minimise step and cannot increase J.
         best_eta = _reweight(eta, znorm, 1.0)
-        best = _evaluate(family, best_eta, y, reg)
+        best = _evaluate(family, best_eta, y, reg_arr)
         if accelerate:
             # Over-relaxed step ω > 1, kept only if it beats the plain one: still monotone.
             trial_eta = _reweight(eta, znorm, power)
-            trial = _evaluate(family, trial_eta, y, reg)
+            trial = _evaluate(family, trial_eta, y, reg_arr)
             if trial[1] < best[1]:
                 best_eta, best, power = trial_eta, trial, min(2 * power, 64.0)
             else:
