@@ -153,19 +153,8 @@ class GradientFlowProblem(AbstractProblem):
             progress_meter=options.progress_meter,
         )
         u, us, du, dus, w = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
-        return Solution(
-            t=sol.ts,
-            train=u,
-            test=us,
-            train_dot=du,
-            test_dot=dus,
-            weights=w,
-            result=from_diffrax(sol.result),
-            stats=_stats(sol.stats),
-            y_train=self.data.y_train,
-            y_test=self.data.y_test,
-            loss=self.loss,
-            kind="true",
+        return make_solution(
+            self, sol.ts, u, us, du, dus, kind="true", result=sol.result, stats=sol.stats, weights=w
         )
 
 
@@ -173,6 +162,33 @@ def _stats(stats) -> dict[str, Array]:
     return {
         k: jnp.asarray(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
     }
+
+
+def make_solution(problem, ts, u, us, du, dus, *, kind, result=None, stats=None, weights=None):
+    """A `Solution` of `problem` from saved outputs and their time derivatives.
+
+    `result` is a diffrax result code (default: successful) and `stats` diffrax's step stats
+    (default: zero steps, as for exact closed forms).
+    """
+    if stats is None:
+        zero = jnp.array(0)
+        stats = {"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero}
+    else:
+        stats = _stats(stats)
+    return Solution(
+        t=ts,
+        train=u,
+        test=us,
+        train_dot=du,
+        test_dot=dus,
+        weights=weights,
+        result=from_diffrax(diffrax.RESULTS.successful if result is None else result),
+        stats=stats,
+        y_train=problem.data.y_train,
+        y_test=problem.data.y_test,
+        loss=problem.loss,
+        kind=kind,
+    )
 
 
 def flatten_kernel(kernel, n1: int, n2: int, k: int, name: str) -> Float[Array, "n1k n2k"]:
@@ -337,21 +353,7 @@ class KernelFlowProblem(AbstractProblem):
                 options.ts,
                 self.t0,
             )
-            zero = jnp.array(0)
-            return Solution(
-                t=options.ts,
-                train=u,
-                test=us,
-                train_dot=du,
-                test_dot=dus,
-                weights=None,
-                result=from_diffrax(diffrax.RESULTS.successful),
-                stats={"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero},
-                y_train=self.data.y_train,
-                y_test=self.data.y_test,
-                loss=self.loss,
-                kind="kernel",
-            )
+            return make_solution(self, options.ts, u, us, du, dus, kind="kernel")
         return solve_function_space(self, self.vector_field, solver, options, kind="kernel")
 
 
@@ -378,19 +380,8 @@ def solve_function_space(problem, field, solver, options: SolveOptions, kind: st
     )
     u, us = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
     du, dus = jax.vmap(lambda t, a, b: field(t, (a, b), problem.learning_rate))(sol.ts, u, us)
-    return Solution(
-        t=sol.ts,
-        train=u,
-        test=us,
-        train_dot=du,
-        test_dot=dus,
-        weights=None,
-        result=from_diffrax(sol.result),
-        stats=_stats(sol.stats),
-        y_train=problem.data.y_train,
-        y_test=problem.data.y_test,
-        loss=problem.loss,
-        kind=kind,
+    return make_solution(
+        problem, sol.ts, u, us, du, dus, kind=kind, result=sol.result, stats=sol.stats
     )
 
 

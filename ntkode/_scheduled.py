@@ -27,7 +27,6 @@ solution is differentiable with respect to node positions and kernel entries.
 
 import warnings
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -39,9 +38,16 @@ from ._errors import check_finite
 from ._grid import KernelGrid
 from ._interp import AbstractInterpolation, Linear, PiecewiseConstant
 from ._losses import MSE, AbstractLoss, mse
-from ._problems import AbstractProblem, SolveOptions, _init_common, _initial, solve_function_space
+from ._problems import (
+    AbstractProblem,
+    SolveOptions,
+    _init_common,
+    _initial,
+    make_solution,
+    solve_function_space,
+)
 from ._schedule import AbstractSchedule, Time
-from ._solution import Solution, from_diffrax
+from ._solution import Solution
 
 
 class ScheduleRangeWarning(UserWarning):
@@ -327,19 +333,13 @@ class ScheduledKernelProblem(AbstractProblem):
         rs, uss, du, dus = carry[-1]
         n, k = self.u0_train.shape
         m = self.u0_test.shape[0]
-        zero = jnp.array(0)
-        return Solution(
-            t=ts,
-            train=(rs + y).reshape(T, n, k),
-            test=uss.reshape(T, m, k),
-            train_dot=du.reshape(T, n, k),
-            test_dot=dus.reshape(T, m, k),
-            weights=None,
-            result=from_diffrax(diffrax.RESULTS.successful),
-            stats={"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero},
-            y_train=self.data.y_train,
-            y_test=self.data.y_test,
-            loss=self.loss,
+        return make_solution(
+            self,
+            ts,
+            (rs + y).reshape(T, n, k),
+            uss.reshape(T, m, k),
+            du.reshape(T, n, k),
+            dus.reshape(T, m, k),
             kind="scheduled",
         )
 
