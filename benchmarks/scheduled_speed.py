@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkode import KernelGrid, ScheduledKernelProblem, schedules as S, sine_problem, solve
-from ntkode._solve import _DEFAULTS, _prepare
+from ntkode._core._solve import _DEFAULTS, _prepare
 
 
 def _timed(problem, repeats, **kw):

@@ -22,7 +22,7 @@ import optax
 import optimistix as optx
 
 import ntkode as nk
-from ntkode._tuning import _value, build_objective, objective_and_gradient
+from ntkode._tuning._tune import _value, build_objective, objective_and_gradient
 
 
 def _median_seconds(fn, repeats):

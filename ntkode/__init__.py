@@ -1,48 +1,66 @@
 """ntkode: neural-network training as an ODE, with (scheduled) neural-tangent-kernel surrogates.
 
-The whole public API is re-exported here.
+This module is the whole public API of the numerics. The studies behind the `ntkode`
+command line (with their plots and reference problems) live in `ntkode.studies`; their names
+are also reachable from here, imported on first use, so that `import ntkode` stays light
+(no matplotlib, scikit-learn or tqdm).
 """
 
+import importlib
 import importlib.metadata
+from typing import Any
 
 from . import datasets as datasets, losses as losses, schedules as schedules, transfer as transfer
-from ._activations import (
-    AbstractActivation as AbstractActivation,
-    Elementwise as Elementwise,
-    Erf as Erf,
-    Relu as Relu,
-)
-from ._certify import Certificate as Certificate, certify as certify
-from ._closure_study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
-from ._compare import (
+from ._core._compare import (
     Comparison as Comparison,
     compare as compare,
     trajectory_errors as trajectory_errors,
 )
-from ._data import Dataset as Dataset
-from ._gated import GatedReLU as GatedReLU, gated_relu_ntk_infinite as gated_relu_ntk_infinite
-from ._grid import KernelGrid as KernelGrid
-from ._infinite import InfiniteMLP as InfiniteMLP, Kernels as Kernels
-from ._kernel_machines import (
-    KernelComparison as KernelComparison,
-    compare_kernels as compare_kernels,
-    kernel_regression as kernel_regression,
+from ._core._data import Dataset as Dataset
+from ._core._problems import (
+    AbstractProblem as AbstractProblem,
+    GradientFlowField as GradientFlowField,
+    GradientFlowProblem as GradientFlowProblem,
+    KernelFlowField as KernelFlowField,
+    KernelFlowProblem as KernelFlowProblem,
+    remake as remake,
 )
-from ._mkl import (
+from ._core._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
+from ._core._solve import (
+    EnsembleProblem as EnsembleProblem,
+    solve as solve,
+    timed_solve as timed_solve,
+)
+from ._gated._masked import (
     MaskedKernels as MaskedKernels,
     check_simplex as check_simplex,
     mkl_objective as mkl_objective,
     ntk_weights as ntk_weights,
 )
-from ._mkl_solve import (
+from ._gated._network import (
+    GatedReLU as GatedReLU,
+    gated_relu_ntk_infinite as gated_relu_ntk_infinite,
+)
+from ._gated._solvers import (
     GroupLassoSolution as GroupLassoSolution,
     MKLSolution as MKLSolution,
     group_lasso as group_lasso,
     kernel_ridge as kernel_ridge,
     optimal_mkl as optimal_mkl,
 )
-from ._mkl_study import mkl_compare as mkl_compare, mkl_study as mkl_study
-from ._nets import MLP as MLP, mlp_ntk as mlp_ntk
+from ._infinite._activations import (
+    AbstractActivation as AbstractActivation,
+    Elementwise as Elementwise,
+    Erf as Erf,
+    Relu as Relu,
+)
+from ._infinite._kernels import InfiniteMLP as InfiniteMLP, Kernels as Kernels
+from ._infinite._mlp import MLP as MLP, mlp_ntk as mlp_ntk
+from ._infinite._predict import (
+    infinite_width_problem as infinite_width_problem,
+    predict_infinite as predict_infinite,
+    predict_mse as predict_mse,
+)
 from ._ntk import (
     NTVPNTK as NTVPNTK,
     AbstractNTKImplementation as AbstractNTKImplementation,
@@ -52,31 +70,45 @@ from ._ntk import (
     ntk_operator as ntk_operator,
     ntk_vp as ntk_vp,
 )
-from ._path_kernel import (
+from ._path._machines import (
+    KernelComparison as KernelComparison,
+    compare_kernels as compare_kernels,
+    kernel_regression as kernel_regression,
+)
+from ._path._path_kernel import (
     PathKernel as PathKernel,
     path_kernel as path_kernel,
     path_kernel_gd as path_kernel_gd,
 )
-from ._predict import (
-    infinite_width_problem as infinite_width_problem,
-    predict_infinite as predict_infinite,
-    predict_mse as predict_mse,
+from ._scheduled._certify import Certificate as Certificate, certify as certify
+from ._scheduled._grid import KernelGrid as KernelGrid
+from ._scheduled._problem import ScheduledKernelProblem as ScheduledKernelProblem
+from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
+
+# Study-level names (`ntkode.studies`), imported when first asked for.
+_STUDY_NAMES = (
+    "ClosureCNN",
+    "closure_study",
+    "compare_study",
+    "iou",
+    "mkl_compare",
+    "mkl_study",
+    "sine_problem",
+    "width_run",
+    "width_study",
 )
-from ._problems import (
-    AbstractProblem as AbstractProblem,
-    GradientFlowField as GradientFlowField,
-    GradientFlowProblem as GradientFlowProblem,
-    KernelFlowField as KernelFlowField,
-    KernelFlowProblem as KernelFlowProblem,
-    remake as remake,
-)
-from ._reference_problems import sine_problem as sine_problem
-from ._scheduled import ScheduledKernelProblem as ScheduledKernelProblem
-from ._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
-from ._solve import EnsembleProblem as EnsembleProblem, solve as solve, timed_solve as timed_solve
-from ._study import compare_study as compare_study
-from ._tuning import TuneResult as TuneResult, tune_grid as tune_grid
-from ._widths import width_run as width_run, width_study as width_study
+
+
+def __getattr__(name: str) -> Any:
+    if name == "studies" or name in _STUDY_NAMES:
+        studies = importlib.import_module(".studies", __name__)
+        return studies if name == "studies" else getattr(studies, name)
+    raise AttributeError(f"module 'ntkode' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "studies", *_STUDY_NAMES])
+
 
 try:
     __version__ = importlib.metadata.version("ntkode")

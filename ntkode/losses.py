@@ -1,6 +1,6 @@
 """Losses: mean squared error and softmax cross-entropy (weight space and function space)."""
 
-from ._losses import (
+from ._core._losses import (
     MSE as MSE,
     AbstractLoss as AbstractLoss,
     CrossEntropy as CrossEntropy,

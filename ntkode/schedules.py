@@ -1,16 +1,16 @@
 """Scheduling variables and interpolation weights for [`ntkode.ScheduledKernelProblem`][]."""
 
-from ._interp import (
+from ._scheduled._interp import (
     AbstractInterpolation as AbstractInterpolation,
     Linear as Linear,
     PiecewiseConstant as PiecewiseConstant,
     Smoothstep as Smoothstep,
 )
-from ._schedule import (
+from ._scheduled._problem import ScheduleRangeWarning as ScheduleRangeWarning
+from ._scheduled._schedule import (
     AbstractSchedule as AbstractSchedule,
     Custom as Custom,
     LossLevel as LossLevel,
     ResidualNorm as ResidualNorm,
     Time as Time,
 )
-from ._scheduled import ScheduleRangeWarning as ScheduleRangeWarning

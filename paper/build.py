@@ -19,7 +19,7 @@ STUDIES = ("compare", "widths", "closure", "mkl")
 
 
 def run_study(name: str, out: pathlib.Path, quick: bool) -> str:
-    cmd = [sys.executable, "-m", "ntkode._cli", name, "--out", str(out)]
+    cmd = [sys.executable, "-m", "ntkode", name, "--out", str(out)]
     if quick:
         cmd.append("--quick")
     if name == "compare":

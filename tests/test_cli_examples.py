@@ -24,7 +24,7 @@ def test_compare_quick_writes_results(tmp_path):
         [
             sys.executable,
             "-m",
-            "ntkode._cli",
+            "ntkode",
             "compare",
             "--quick",
             "--no-progress",
@@ -58,7 +58,7 @@ def test_compare_quick_writes_results(tmp_path):
 
 def test_cli_rejects_bad_arguments(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ntkode._cli", "compare", "--t-end", "-1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "ntkode", "compare", "--t-end", "-1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         env=_env(),
@@ -82,7 +82,7 @@ def test_example_runs(script, tmp_path):
 
 def test_study_argument_errors_are_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ntkode._cli", "closure", "--steps", "-1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "ntkode", "closure", "--steps", "-1", "--out", str(tmp_path)],
         capture_output=True, text=True, env=_env(), timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2

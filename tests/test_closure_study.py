@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import ntkode as nk
-from ntkode import _cli, _cli_closure
+from ntkode.studies import _cli
+from ntkode.studies._closure import _cli as _cli_closure
 
 
 def test_iou_values():
@@ -25,7 +26,7 @@ def test_iou_rejects_non_binary_labels():
 
 
 def test_closure_command_registered():
-    assert "ntkode._cli_closure" in _cli._COMMANDS
+    assert "ntkode.studies._closure._cli" in _cli._COMMANDS
 
 
 def test_closure_quick(tmp_path, capsys):

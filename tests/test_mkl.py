@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import ntkode as nk
-from ntkode import _cli_mkl
-from ntkode._cli import build_parser
 from ntkode.datasets._uci import sign_targets
+from ntkode.studies._cli import build_parser
+from ntkode.studies._mkl import _cli as _cli_mkl
 
 
 def _points(n, d, seed=0):

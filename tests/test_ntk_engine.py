@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import ntkode as nk
-from ntkode._model import partition
+from ntkode._core._model import partition
 from ntkode._ntk import ntk_reference
 from ntkode._ntk._structured import _make_plan
 

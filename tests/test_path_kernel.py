@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import ntkode as nk
-from ntkode._model import apply
-from ntkode._path_kernel import jacobian, tangent_kernel
+from ntkode._core._model import apply
+from ntkode._path._path_kernel import jacobian, tangent_kernel
 
 
 def _tanh_problem(t1=10.0, lr=0.5, dtype=jnp.float64, n=8, m=4):

@@ -14,7 +14,7 @@ import pytest
 
 import ntkode as nk
 from ntkode import schedules as S
-from ntkode._tuning import (
+from ntkode._tuning._tune import (
     _value,
     build_objective,
     logits_to_nodes,
@@ -262,7 +262,7 @@ def test_compare_quick_tune_writes_rows_and_figure(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ntkode._cli", "compare", "--quick", "--tune", "--no-progress"]
+    cmd = [sys.executable, "-m", "ntkode", "compare", "--quick", "--tune", "--no-progress"]
     proc = subprocess.run(
         cmd + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900
     )

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from ntkode import _cli_widths
-from ntkode._widths import METRICS, fit_slope, slopes, width_study
+from ntkode.studies._widths import _cli as _cli_widths
+from ntkode.studies._widths._study import METRICS, fit_slope, slopes, width_study
 
 
 def test_fit_slope_recovers_power_law():

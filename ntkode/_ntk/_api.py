@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._model import partition
+from .._core._model import partition
 from ._base import AbstractNTKImplementation
 from ._engine import compute_kernel
 from ._jacobian import JacobianNTK

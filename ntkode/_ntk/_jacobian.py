@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PyTree
 
-from .._model import apply_one
+from .._core._model import apply_one
 from ._base import AbstractNTKImplementation, contract_jacobians
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
-from .._model import apply_one, num_outputs, partition
+from .._core._model import apply_one, num_outputs, partition
 from ._base import AbstractNTKImplementation
 from ._validate import check_block_size, check_inputs, check_model_inputs
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._model import apply_one, num_outputs, partition
+from .._core._model import apply_one, num_outputs, partition
 
 
 def _per_example_jacobian(params, static, x):

@@ -32,7 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._model import apply_one
+from .._core._model import apply_one
 from ._base import AbstractNTKImplementation, contract_jacobians
 from ._jacobian import per_example_jacobian
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._model import num_outputs, partition
+from .._core._model import num_outputs, partition
 
 
 def _as_array(x: Any, name: str):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._data import Dataset
+from .._core._data import Dataset
 
 _KINDS = ("mixed", "smooth", "polygon")
 _MARGIN = 1.5  # pixels between a curve's bounding disk and the image border

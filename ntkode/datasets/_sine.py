@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from .._data import Dataset
+from .._core._data import Dataset
 
 
 def sine(

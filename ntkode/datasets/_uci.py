@@ -8,7 +8,7 @@ classification targets are ±1 (two classes: one column; more classes: one-vs-re
 
 import numpy as np
 
-from .._data import Dataset
+from .._core._data import Dataset
 
 _LOADERS = {
     "breast_cancer": ("load_breast_cancer", "classification"),

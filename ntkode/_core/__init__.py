@@ -1,0 +1,1 @@
+"""Problems, one `solve`, solutions and their status, losses, data, input checks, comparisons."""

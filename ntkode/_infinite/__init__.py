@@ -1,0 +1,1 @@
+"""Infinite width: analytic NNGP/NTK kernels, NTK-parameterised MLPs, kernel predictors."""

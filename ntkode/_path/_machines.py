@@ -1,0 +1,192 @@
+r"""Kernel machines from one training run: NTK at init, NTK at the end, and the path kernel.
+
+Each machine is kernel regression started from the network at initialisation,
+$\hat f(x) = f(\theta_0, x) + K(x, X)\,(K(X, X) + \lambda I)^{-1}\,(Y - f(\theta_0, X))$
+(for the NTK at init this is the infinitely-long-trained linearised network, Lee et al.
+2019), compared with the trained network on held-out inputs.
+"""
+
+from typing import Any, Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._core._errors import check_finite
+from .._core._model import apply
+from .._core._problems import GradientFlowProblem, flatten_kernel
+from .._core._solution import RESULTS
+from ._path_kernel import PathKernel, jacobian, path_kernel, path_kernel_gd, tangent_kernel
+
+
+def kernel_regression(
+    kernel_train: Array,
+    kernel_test: Array,
+    y_train: Float[Array, "n k"],
+    *,
+    offset_train: Float[Array, "n k"] | None = None,
+    offset_test: Float[Array, "m k"] | None = None,
+    ridge: float = 1e-8,
+) -> Float[Array, "m k"]:
+    r"""Kernel (ridge) regression $\hat f = b_* + K_*\,(K + \lambda I)^{-1}(Y - b)$.
+
+    **Arguments:**
+
+    - `kernel_train`: $K(X, X)$, `(n, n)` (one kernel shared by all `k` outputs, i.e.
+      $K \otimes I_k$), `(n, n, k, k)` or `(n·k, n·k)`. Need not be symmetric (the per-step
+      gradient-descent path kernel is not).
+    - `kernel_test`: $K(X_*, X)$ in the matching layout, `(m, n)`, `(m, n, k, k)` or
+      `(m·k, n·k)`.
+    - `y_train`: targets `(n, k)`.
+    - `offset_train`, `offset_test`: $b$, e.g. the network at initialisation (default 0).
+    - `ridge`: $\lambda$ relative to the mean diagonal of $K(X, X)$ (≥ 0).
+
+    **Returns:** predictions `(m, k)`.
+    """
+    y = jnp.asarray(y_train)
+    if y.ndim != 2:
+        raise ValueError(f"`y_train` must have shape (n, k), got {y.shape}.")
+    n, k = y.shape
+    kt, ks = jnp.asarray(kernel_train), jnp.asarray(kernel_test)
+    if ridge < 0 or not np.isfinite(ridge):
+        raise ValueError(f"`ridge` must be finite and non-negative, got {ridge}.")
+    shared = kt.shape == (n, n) and ks.ndim == 2
+    m = ks.shape[0] if (shared or ks.ndim == 4) else ks.shape[0] // k
+    b = jnp.zeros_like(y) if offset_train is None else jnp.asarray(offset_train)
+    bs = jnp.zeros((m, k), y.dtype) if offset_test is None else jnp.asarray(offset_test)
+    for name, v in (("kernel_train", kt), ("kernel_test", ks)):
+        check_finite(name, v)
+    if shared:
+        # Shared kernel: one n×n solve with k right-hand sides (never forms K ⊗ I_k).
+        if ks.shape[1:] != (n,):
+            raise ValueError(f"`kernel_test` has shape {ks.shape}; expected (m, {n}).")
+        reg = ridge * jnp.mean(jnp.diag(kt)) * jnp.eye(n, dtype=kt.dtype)
+        alpha = jnp.linalg.solve(kt + reg, y - b)
+        return bs + ks @ alpha
+    kf = flatten_kernel(kt, n, n, k, "kernel_train")
+    ksf = flatten_kernel(ks, m, n, k, "kernel_test")
+    reg = ridge * jnp.mean(jnp.diag(kf)) * jnp.eye(n * k, dtype=kf.dtype)
+    alpha = jnp.linalg.solve(kf + reg, (y - b).reshape(-1))
+    return bs + (ksf @ alpha).reshape(m, k)
+
+
+class KernelComparison(eqx.Module):
+    """Test predictions of a trained network and of three kernel machines built from its run.
+
+    **Fields:** `y_test` `(m, k)`; `network` (the trained network); `ntk_init`, `ntk_final`,
+    `path` (kernel regression with the NTK at $\\theta_0$, at $\\theta_T$, and the path
+    kernel); `path_kernel` (the [`ntkode.PathKernel`][] on train then test inputs, whose
+    `residual` certifies the run); `train` holds the same four predictions on the training
+    inputs. `errors()` summarises.
+    """
+
+    y_test: Array
+    network: Array
+    ntk_init: Array
+    ntk_final: Array
+    path: Array
+    train: dict[str, Array]
+    path_kernel: PathKernel
+
+    def predictions(self) -> dict[str, Array]:
+        """Test predictions by name: `network`, `ntk_init`, `ntk_final`, `path`."""
+        return {
+            "network": self.network,
+            "ntk_init": self.ntk_init,
+            "ntk_final": self.ntk_final,
+            "path": self.path,
+        }
+
+    def errors(self) -> dict[str, dict[str, float]]:
+        """Per machine: test MSE against the targets, and the relative distance
+        $\\|\\hat f - f_{net}\\| / \\|f_{net}\\|$ to the trained network on the test inputs."""
+        out = {}
+        net = self.network
+        for name, pred in self.predictions().items():
+            out[name] = {
+                "test_mse": float(jnp.mean(jnp.sum((pred - self.y_test) ** 2, -1))),
+                "vs_network": float(jnp.linalg.norm(pred - net) / jnp.linalg.norm(net)),
+            }
+        return out
+
+
+def compare_kernels(
+    problem: GradientFlowProblem,
+    *,
+    method: Literal["flow", "gd"] = "flow",
+    steps: int | None = None,
+    nodes: int = 4,
+    trace: bool = False,
+    ridge: float = 1e-8,
+    stride: int = 1,
+    progress: bool = False,
+    **solve_kwargs: Any,
+) -> KernelComparison:
+    """Train `problem`'s network, then compare it with kernel regression by three kernels.
+
+    Runs [`ntkode.path_kernel`][] (`method="flow"`, extra keywords go to it) or
+    [`ntkode.path_kernel_gd`][] (`method="gd"`, with `steps` and `nodes`) on the training
+    inputs followed by the test inputs, takes the NTKs at the first and last weights, and
+    fits [`ntkode.kernel_regression`][] with each kernel from the network at initialisation.
+
+    **Arguments:**
+
+    - `problem`: a [`ntkode.GradientFlowProblem`][] whose data has a test split.
+    - `method`, `steps`, `nodes`, `stride`: which training run (gradient flow or gradient descent).
+    - `trace`: use kernels traced over outputs (one kernel shared by all outputs); needed
+      when there are many outputs per example (images).
+    - `ridge`: relative ridge of the kernel regressions.
+    - `stride`: see [`ntkode.path_kernel_gd`][] (`method="gd"`; 1 = exact).
+    - `progress`: print gradient-descent progress (`method="gd"`).
+
+    **Returns:** a [`ntkode.KernelComparison`][].
+    """
+    data = problem.data
+    if data.n_test == 0:
+        raise ValueError("compare_kernels needs a test split: build the Dataset with x_test.")
+    queries = jnp.concatenate([data.x_train, data.x_test])
+    if method == "flow":
+        pk = path_kernel(problem, queries, trace=trace, **solve_kwargs)
+    elif method == "gd":
+        if solve_kwargs:
+            raise TypeError(f"method='gd' takes no solver options, got {sorted(solve_kwargs)}.")
+        pk = path_kernel_gd(
+            problem, queries, steps, nodes=nodes, trace=trace, stride=stride, progress=progress
+        )
+    else:
+        raise ValueError(f"`method` must be 'flow' or 'gd', got {method!r}.")
+    if not bool(np.asarray(pk.result._value) == RESULTS.successful._value):
+        raise RuntimeError(
+            f"The training run behind the path kernel failed: {_message(pk.result)} "
+            "(for gradient descent: lower the learning rate)."
+        )
+    n = data.n_train
+    b = pk.bias
+    preds = {}
+    for name, model in (("ntk_init", problem.model), ("ntk_final", pk.model)):
+        j = jacobian(model, queries)
+        kern = tangent_kernel(j, j[:n], trace)
+        preds[name] = _fit(kern, n, data.y_train, b, ridge)
+    preds["path"] = _fit(pk.kernel, n, data.y_train, b, ridge)
+    net = apply(pk.model, data.x_test)
+    train = {name: p[:n] for name, p in preds.items()}
+    train["network"] = pk.outputs[:n]
+    return KernelComparison(
+        y_test=data.y_test,
+        network=net,
+        ntk_init=preds["ntk_init"][n:],
+        ntk_final=preds["ntk_final"][n:],
+        path=preds["path"][n:],
+        train=train,
+        path_kernel=pk,
+    )
+
+
+def _message(result) -> str:
+    return RESULTS._index_to_message[int(np.asarray(result._value))]
+
+
+def _fit(kern, n, y, b, ridge):
+    """Predictions on all queries (train then test) from a `(q, n, ...)` kernel."""
+    return kernel_regression(kern[:n], kern, y, offset_train=b[:n], offset_test=b, ridge=ridge)

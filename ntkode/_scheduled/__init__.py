@@ -1,0 +1,1 @@
+"""Scheduled NTKs: kernel grids, schedules, interpolation, the LPV surrogate, certificates."""

@@ -1,0 +1,1 @@
+"""`ntkode closure`: the Jordan-curve closure study."""

@@ -1,0 +1,1 @@
+"""`ntkode compare`: the true flow against kernel surrogates."""

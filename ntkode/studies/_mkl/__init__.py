@@ -1,0 +1,1 @@
+"""`ntkode mkl`: the gated-ReLU NTK against optimal multiple kernel learning."""

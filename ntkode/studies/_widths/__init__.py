@@ -1,0 +1,1 @@
+"""`ntkode widths`: empirical NTKs against their infinite-width limit as the width grows."""
