@@ -17,12 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkode import KernelGrid, ScheduledKernelProblem, schedules as S, sine_problem, solve
-from ntkode._core._solve import _DEFAULTS, _prepare
+from ntkode import (
+    KernelGrid,
+    ScheduledKernelProblem,
+    SolveOptions,
+    schedules as S,
+    sine_problem,
+    solve,
+)
+from ntkode._core._solve import _prepare
 
 
 def _timed(problem, repeats, **kw):
-    fn, args = _prepare(problem, None, **{**_DEFAULTS, **kw})
+    fn, args = _prepare(problem, None, SolveOptions.build(**kw))
     compiled = fn.lower(*args).compile()
     walls, cpus = [], []
     for _ in range(repeats):

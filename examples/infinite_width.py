@@ -22,7 +22,7 @@ for width in (64, 256, 1024):
     print(f"width {width:5d}: |Θ_emp - Θ_∞| / |Θ_∞| = {float(err):.3f}")
 
 # 3. Kernel regression with the NTK: the t → ∞ mean prediction of an infinitely wide network.
-pred = nk.predict_infinite(k_inf, spec.ntk(data.x_test, data.x_train), data.y_train, ridge=1e-6)
+pred = nk.kernel_regression(k_inf, spec.ntk(data.x_test, data.x_train), data.y_train, ridge=1e-6)
 print(f"NTK regression test loss: {float(nk.losses.mse(pred.test, data.y_test)):.4f}")
 
 # 4. The same kernel as a frozen-kernel flow: solve it like any other problem.

@@ -17,15 +17,19 @@ from ._core._compare import (
     trajectory_errors as trajectory_errors,
 )
 from ._core._data import Dataset as Dataset
-from ._core._problems import (
-    AbstractProblem as AbstractProblem,
+from ._core._gradient_flow import (
     GradientFlowField as GradientFlowField,
     GradientFlowProblem as GradientFlowProblem,
+)
+from ._core._kernel_flow import (
     KernelFlowField as KernelFlowField,
     KernelFlowProblem as KernelFlowProblem,
-    remake as remake,
 )
-from ._core._solution import RESULTS as RESULTS, Outputs as Outputs, Solution as Solution
+from ._core._options import SolveOptions as SolveOptions
+from ._core._problem import AbstractProblem as AbstractProblem, remake as remake
+from ._core._regression import kernel_regression as kernel_regression
+from ._core._results import RESULTS as RESULTS
+from ._core._solution import Outputs as Outputs, Solution as Solution
 from ._core._solve import (
     EnsembleProblem as EnsembleProblem,
     solve as solve,
@@ -56,11 +60,7 @@ from ._infinite._activations import (
 )
 from ._infinite._kernels import InfiniteMLP as InfiniteMLP, Kernels as Kernels
 from ._infinite._mlp import MLP as MLP, mlp_ntk as mlp_ntk
-from ._infinite._predict import (
-    infinite_width_problem as infinite_width_problem,
-    predict_infinite as predict_infinite,
-    predict_mse as predict_mse,
-)
+from ._infinite._predict import infinite_width_problem as infinite_width_problem
 from ._ntk import (
     NTVPNTK as NTVPNTK,
     AbstractNTKImplementation as AbstractNTKImplementation,
@@ -73,7 +73,6 @@ from ._ntk import (
 from ._path._machines import (
     KernelComparison as KernelComparison,
     compare_kernels as compare_kernels,
-    kernel_regression as kernel_regression,
 )
 from ._path._path_kernel import (
     PathKernel as PathKernel,

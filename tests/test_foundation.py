@@ -11,6 +11,7 @@ import pytest
 from helpers import Linearised, small_sine
 
 import ntkode as nk
+from ntkode._core import _solve as solve_module
 
 
 def _linear(d=3, k=1, seed=0):
@@ -187,9 +188,9 @@ def test_tolerance_change_does_not_recompile():
     model, data = small_sine()
     problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 1.0))
     nk.solve(problem, rtol=1e-4)
-    size = nk._solve._solve_jit._cached._cache_size()
+    size = solve_module._solve_jit._cached._cache_size()
     nk.solve(problem, rtol=1e-6, atol=1e-9)
-    assert nk._solve._solve_jit._cached._cache_size() == size
+    assert solve_module._solve_jit._cached._cache_size() == size
 
 
 def test_float32_end_to_end():

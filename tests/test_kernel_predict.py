@@ -20,7 +20,7 @@ def setup():
 
 def test_infinite_time_interpolates_and_matches_direct_solve(setup):
     data, _, k, ks = setup
-    out = nk.predict_infinite(k, ks, data.y_train)
+    out = nk.kernel_regression(k, ks, data.y_train)
     # Ridge-less kernel regression interpolates the training targets (Θ Θ⁻¹ Y = Y); the
     # ReLU NTK of distinct inputs is positive definite (condition number ~1e3 here).
     np.testing.assert_allclose(out.train, data.y_train, atol=1e-9)
@@ -33,7 +33,7 @@ def test_ridge_and_initial_outputs(setup):
     lam = 0.3
     u0 = 0.1 * jax.random.normal(jax.random.key(0), data.y_train.shape)
     us0 = 0.1 * jax.random.normal(jax.random.key(1), data.y_test.shape)
-    out = nk.predict_infinite(k, ks, data.y_train, ridge=lam, u0_train=u0, u0_test=us0)
+    out = nk.kernel_regression(k, ks, data.y_train, ridge=lam, u0_train=u0, u0_test=us0)
     a = np.linalg.solve(np.asarray(k) + lam * np.eye(32), np.asarray(data.y_train - u0))
     np.testing.assert_allclose(out.test, us0 + np.asarray(ks) @ a, rtol=1e-10, atol=1e-12)
 
@@ -43,15 +43,15 @@ def test_finite_time_limits(setup):
     u0 = jnp.full(data.y_train.shape, 0.5)
     us0 = jnp.full(data.y_test.shape, -0.5)
     kw = dict(u0_train=u0, u0_test=us0, learning_rate=2.0)
-    at0 = nk.predict_mse(k, ks, data.y_train, 0.0, **kw)
+    at0 = nk.kernel_regression(k, ks, data.y_train, 0.0, **kw)
     np.testing.assert_allclose(at0.train, u0, atol=1e-12)
     np.testing.assert_allclose(at0.test, us0, atol=1e-12)
-    late = nk.predict_mse(k, ks, data.y_train, 1e9, **kw)
-    inf = nk.predict_infinite(k, ks, data.y_train, u0_train=u0, u0_test=us0)
+    late = nk.kernel_regression(k, ks, data.y_train, 1e9, **kw)
+    inf = nk.kernel_regression(k, ks, data.y_train, u0_train=u0, u0_test=us0)
     np.testing.assert_allclose(late.test, inf.test, rtol=1e-7, atol=1e-9)
     # The train residual decays exactly as exp(-η Θ t / n) (eigendecomposition, independent).
     t = 3.0
-    mid = nk.predict_mse(k, ks, data.y_train, jnp.array([t]), **kw)
+    mid = nk.kernel_regression(k, ks, data.y_train, jnp.array([t]), **kw)
     lam, v = np.linalg.eigh(np.asarray(k))
     decay = v @ np.diag(np.exp(-2.0 * lam * t / 32)) @ v.T
     np.testing.assert_allclose(
@@ -65,7 +65,7 @@ def test_infinite_width_problem_plugs_into_solve(setup):
     assert isinstance(prob, nk.KernelFlowProblem)
     ts = jnp.linspace(0.0, 10.0, 5)
     exact = nk.solve(prob, saveat=ts)  # MSE: closed form
-    ref = nk.predict_mse(k, ks, data.y_train, ts, learning_rate=1.5)
+    ref = nk.kernel_regression(k, ks, data.y_train, ts, learning_rate=1.5)
     np.testing.assert_allclose(exact.test, ref.test, atol=1e-12)
     ode = nk.solve(prob, diffrax.Tsit5(), saveat=ts, rtol=1e-7, atol=1e-9)
     # An adaptive ODE solve of the same linear flow agrees to (a few times) its tolerance.
@@ -80,9 +80,9 @@ def test_float32(setup):
     d32 = data.astype(jnp.float32)
     k = spec.ntk(d32.x_train)
     ks = spec.ntk(d32.x_test, d32.x_train)
-    out = nk.predict_infinite(k, ks, d32.y_train, ridge=1e-3)
+    out = nk.kernel_regression(k, ks, d32.y_train, ridge=1e-3)
     assert out.test.dtype == jnp.float32
-    ref = nk.predict_infinite(
+    ref = nk.kernel_regression(
         *(np.asarray(a, np.float64) for a in (k, ks, d32.y_train)), ridge=1e-3
     )
     # float32 Cholesky: error ~ cond · 1.2e-7 with cond ~1e3.
@@ -92,15 +92,15 @@ def test_float32(setup):
 def test_bad_input(setup):
     data, _, k, ks = setup
     with pytest.raises(ValueError, match="`ridge` must be non-negative"):
-        nk.predict_infinite(k, ks, data.y_train, ridge=-1.0)
+        nk.kernel_regression(k, ks, data.y_train, ridge=-1.0)
     x = jnp.concatenate([data.x_train[:5], data.x_train[:5]])  # repeated inputs: singular
     kk = nk.InfiniteMLP(1, "relu", b_std=None, out_b_std=None).ntk(x)
     with pytest.raises(ValueError, match="Pass `ridge` > 0"):
-        nk.predict_infinite(kk, kk, jnp.ones((10, 1)))
+        nk.kernel_regression(kk, kk, jnp.ones((10, 1)))
     with pytest.raises(ValueError, match="`kernel_test`"):
-        nk.predict_infinite(k, ks[:, :5], data.y_train)
+        nk.kernel_regression(k, ks[:, :5], data.y_train)
     with pytest.raises(ValueError, match="`t` must be finite and non-negative"):
-        nk.predict_mse(k, ks, data.y_train, -1.0)
+        nk.kernel_regression(k, ks, data.y_train, -1.0)
     with pytest.raises(TypeError, match="ntkode.Dataset"):
         nk.infinite_width_problem(nk.InfiniteMLP(1), (data.x_train, data.y_train))
 

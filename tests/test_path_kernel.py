@@ -187,6 +187,6 @@ def test_diverging_gd_is_reported():
     model = eqx.nn.Linear(4, 1, key=jax.random.key(3), dtype=jnp.float64)
     p = nk.GradientFlowProblem(model, data, learning_rate=100.0)
     pk = nk.path_kernel_gd(p, data.x_test, 400, nodes=1)
-    assert pk.result == nk.RESULTS.solver_failed
+    assert pk.result == nk.RESULTS.diverged
     with pytest.raises(RuntimeError, match="learning rate"):
         nk.compare_kernels(p, method="gd", steps=400, nodes=1)

@@ -2,7 +2,6 @@
 
 from typing import Any, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -10,32 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._losses import AbstractLoss
-
-
-class RESULTS(eqx.Enumeration):
-    """Why a solve ended. Each item carries the sentence shown to the user."""
-
-    successful = "The solve reached the end of `tspan`."
-    max_steps_reached = (
-        "The solver took `max_steps` steps before reaching the end of `tspan`. Training "
-        "dynamics stiffen as the loss falls: increase `max_steps`, loosen `rtol`/`atol`, "
-        "shorten `tspan`, or pass a stiff solver (e.g. diffrax.Kvaerno5())."
-    )
-    event_occurred = "An event stopped the solve before the end of `tspan`."
-    solver_failed = (
-        "The solver failed (the step size collapsed or a non-finite value appeared). Try a "
-        "smaller learning rate, tighter tolerances, or a stiff solver."
-    )
-
-
-def from_diffrax(result) -> RESULTS:
-    """Map diffrax's result code onto ntkode's."""
-    out = RESULTS.where(
-        result == diffrax.RESULTS.successful, RESULTS.successful, RESULTS.solver_failed
-    )
-    out = RESULTS.where(result == diffrax.RESULTS.max_steps_reached, RESULTS.max_steps_reached, out)
-    out = RESULTS.where(result == diffrax.RESULTS.event_occurred, RESULTS.event_occurred, out)
-    return out
+from ._results import RESULTS, is_successful, message as result_message
 
 
 class Outputs(NamedTuple):
@@ -130,17 +104,13 @@ class Solution(eqx.Module):
 
     @property
     def success(self) -> bool | np.ndarray:
-        ok = np.asarray(self.result._value) == RESULTS.successful._value
-        return bool(ok) if ok.ndim == 0 else ok
+        """Whether the solve succeeded (an array, one per trajectory, for ensembles)."""
+        return is_successful(self.result)
 
     @property
     def message(self) -> str:
         """A sentence saying how the solve ended (one line per trajectory for ensembles)."""
-        codes = np.atleast_1d(np.asarray(self.result._value))
-        msgs = [RESULTS._index_to_message[int(c)] for c in codes]
-        if len(msgs) == 1:
-            return msgs[0]
-        return "\n".join(f"trajectory {i}: {m}" for i, m in enumerate(msgs))
+        return result_message(self.result)
 
     @property
     def train_loss(self) -> Float[Array, " T"]:
@@ -174,5 +144,5 @@ class Solution(eqx.Module):
             "final_train_loss": float(self.train_loss[-1]),
             "final_test_loss": float(self.test_loss[-1]),
             "steps": self.num_steps,
-            "retcode": RESULTS._index_to_message[int(self.result._value)],
+            "retcode": result_message(self.result),
         }

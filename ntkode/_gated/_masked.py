@@ -19,11 +19,11 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._core._errors import check_finite, check_positive
+from .._core._regression import ridge_solve
 from ._network import _check_gates
 
 # Exact enumeration visits C(n, d-1)·2^d candidate gates; beyond this it is not "small".
@@ -312,17 +312,9 @@ def _match(family: MaskedKernels, hits: np.ndarray, weights: np.ndarray):
     return out, missing
 
 
-@jax.jit
 def _ridge_solve(kernel: Array, y: Array, reg) -> Array:
-    """`(K + λI)^{-1} Y` column by column with lineax's Cholesky (K + λI is SPD)."""
-    n = kernel.shape[0]
-    op = lx.MatrixLinearOperator(
-        kernel + reg * jnp.eye(n, dtype=kernel.dtype), lx.positive_semidefinite_tag
-    )
-    solver = lx.Cholesky()
-    state = solver.init(op, options={})  # factorise once, reuse for every column
-    solve = lambda b: lx.linear_solve(op, b, solver, state=state).value
-    return jax.vmap(solve, in_axes=1, out_axes=1)(y)
+    """`(K + λI)^{-1} Y` (K + λI is SPD): ntkode's one ridge solve, factorised once."""
+    return ridge_solve(kernel, y, jnp.asarray(reg, kernel.dtype))
 
 
 def _as_targets(y, n: int) -> Array:

@@ -10,65 +10,13 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
-from .._core._errors import check_finite
+from .._core._gradient_flow import GradientFlowProblem
 from .._core._model import apply
-from .._core._problems import GradientFlowProblem, flatten_kernel
-from .._core._solution import RESULTS
+from .._core._regression import kernel_regression
+from .._core._results import is_successful, message
 from ._path_kernel import PathKernel, jacobian, path_kernel, path_kernel_gd, tangent_kernel
-
-
-def kernel_regression(
-    kernel_train: Array,
-    kernel_test: Array,
-    y_train: Float[Array, "n k"],
-    *,
-    offset_train: Float[Array, "n k"] | None = None,
-    offset_test: Float[Array, "m k"] | None = None,
-    ridge: float = 1e-8,
-) -> Float[Array, "m k"]:
-    r"""Kernel (ridge) regression $\hat f = b_* + K_*\,(K + \lambda I)^{-1}(Y - b)$.
-
-    **Arguments:**
-
-    - `kernel_train`: $K(X, X)$, `(n, n)` (one kernel shared by all `k` outputs, i.e.
-      $K \otimes I_k$), `(n, n, k, k)` or `(n·k, n·k)`. Need not be symmetric (the per-step
-      gradient-descent path kernel is not).
-    - `kernel_test`: $K(X_*, X)$ in the matching layout, `(m, n)`, `(m, n, k, k)` or
-      `(m·k, n·k)`.
-    - `y_train`: targets `(n, k)`.
-    - `offset_train`, `offset_test`: $b$, e.g. the network at initialisation (default 0).
-    - `ridge`: $\lambda$ relative to the mean diagonal of $K(X, X)$ (≥ 0).
-
-    **Returns:** predictions `(m, k)`.
-    """
-    y = jnp.asarray(y_train)
-    if y.ndim != 2:
-        raise ValueError(f"`y_train` must have shape (n, k), got {y.shape}.")
-    n, k = y.shape
-    kt, ks = jnp.asarray(kernel_train), jnp.asarray(kernel_test)
-    if ridge < 0 or not np.isfinite(ridge):
-        raise ValueError(f"`ridge` must be finite and non-negative, got {ridge}.")
-    shared = kt.shape == (n, n) and ks.ndim == 2
-    m = ks.shape[0] if (shared or ks.ndim == 4) else ks.shape[0] // k
-    b = jnp.zeros_like(y) if offset_train is None else jnp.asarray(offset_train)
-    bs = jnp.zeros((m, k), y.dtype) if offset_test is None else jnp.asarray(offset_test)
-    for name, v in (("kernel_train", kt), ("kernel_test", ks)):
-        check_finite(name, v)
-    if shared:
-        # Shared kernel: one n×n solve with k right-hand sides (never forms K ⊗ I_k).
-        if ks.shape[1:] != (n,):
-            raise ValueError(f"`kernel_test` has shape {ks.shape}; expected (m, {n}).")
-        reg = ridge * jnp.mean(jnp.diag(kt)) * jnp.eye(n, dtype=kt.dtype)
-        alpha = jnp.linalg.solve(kt + reg, y - b)
-        return bs + ks @ alpha
-    kf = flatten_kernel(kt, n, n, k, "kernel_train")
-    ksf = flatten_kernel(ks, m, n, k, "kernel_test")
-    reg = ridge * jnp.mean(jnp.diag(kf)) * jnp.eye(n * k, dtype=kf.dtype)
-    alpha = jnp.linalg.solve(kf + reg, (y - b).reshape(-1))
-    return bs + (ksf @ alpha).reshape(m, k)
 
 
 class KernelComparison(eqx.Module):
@@ -156,9 +104,9 @@ def compare_kernels(
         )
     else:
         raise ValueError(f"`method` must be 'flow' or 'gd', got {method!r}.")
-    if not bool(np.asarray(pk.result._value) == RESULTS.successful._value):
+    if not is_successful(pk.result):
         raise RuntimeError(
-            f"The training run behind the path kernel failed: {_message(pk.result)} "
+            f"The training run behind the path kernel failed: {message(pk.result)} "
             "(for gradient descent: lower the learning rate)."
         )
     n = data.n_train
@@ -183,10 +131,14 @@ def compare_kernels(
     )
 
 
-def _message(result) -> str:
-    return RESULTS._index_to_message[int(np.asarray(result._value))]
-
-
 def _fit(kern, n, y, b, ridge):
-    """Predictions on all queries (train then test) from a `(q, n, ...)` kernel."""
-    return kernel_regression(kern[:n], kern, y, offset_train=b[:n], offset_test=b, ridge=ridge)
+    """Predictions on all queries (train then test) from a `(q, n, ...)` kernel.
+
+    Solved by LU: the per-step gradient-descent path kernel is not symmetric, and float32
+    kernels with a tiny ridge can be numerically indefinite (Cholesky would fail).
+    """
+    out = kernel_regression(
+        kern[:n], kern, y, u0_train=b[:n], u0_test=b, ridge=ridge, relative_ridge=True,
+        symmetric=False,
+    )  # fmt: skip
+    return out.test

@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._core._errors import check_positive
+from .._core._gradient_flow import GradientFlowProblem
 from .._core._model import apply, apply_one, partition
-from .._core._problems import GradientFlowProblem
-from .._core._solution import RESULTS, from_diffrax
+from .._core._options import SolveOptions
+from .._core._results import RESULTS, promote
 
 
 class PathKernel(eqx.Module):
@@ -178,7 +178,7 @@ def _flow(problem, queries, solver, controller, dt0, max_steps, trace):
     )
     params_T, K, W = jax.tree.map(lambda a: a[-1], sol.ys)
     stats = {s: jnp.asarray(sol.stats[s]) for s in ("num_steps", "num_rejected_steps")}
-    return params_T, K, W, from_diffrax(sol.result), stats
+    return params_T, K, W, promote(sol.result), stats
 
 
 def _finish(problem, queries, params_T, K, W, result, stats, trace, method) -> PathKernel:
@@ -189,7 +189,7 @@ def _finish(problem, queries, params_T, K, W, result, stats, trace, method) -> P
     a, recon, residual = _domingos(K, W, b, f_T, problem.learning_rate, trace)
     if not bool(jnp.all(jnp.isfinite(f_T))):
         # Gradient descent (or a failed solve) diverged: say so rather than hand back NaNs.
-        result = RESULTS.solver_failed
+        result = RESULTS.diverged
     return PathKernel(
         kernel=K,
         loss_weighted=W,
@@ -210,12 +210,9 @@ def path_kernel(
     queries: Float[Array, "q ..."],
     solver: diffrax.AbstractSolver | None = None,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
-    dt0: float | None = None,
-    max_steps: int = 100_000,
     trace: bool = False,
-    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    options: SolveOptions | None = None,
+    **solve_kwargs: Any,
 ) -> PathKernel:
     r"""Domingos' path kernel of the gradient flow `problem`, integrated next to the weights.
 
@@ -231,23 +228,20 @@ def path_kernel(
     - `queries`: inputs `(q, ...)` shaped like the training inputs (e.g. train and test
       inputs concatenated, for kernel regression with the path kernel).
     - `solver`: a diffrax solver (default `Tsit5()`).
-    - `rtol`, `atol`, `dt0`, `max_steps`, `stepsize_controller`: as in [`ntkode.solve`][];
-      the residual falls with the tolerance (it is the solver's error on $f(\theta_T)$).
+    - `options`, `**solve_kwargs`: [`ntkode.SolveOptions`][] of the solve (`rtol`, default
+      `1e-7`; `atol`, default `1e-9`; `dt0`, `max_steps`, `stepsize_controller`); the residual
+      falls with the tolerance (it is the solver's error on $f(\theta_T)$).
     - `trace`: keep only the trace over outputs of each kernel block, `(q, n)` instead of
       `(q, n, k, k)` (for many outputs, e.g. per-pixel predictions).
 
     **Returns:** a [`ntkode.PathKernel`][].
     """
     queries = _check_queries(problem, queries)
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
-    if not isinstance(max_steps, int | np.integer) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
+    opts = SolveOptions.build(options, **solve_kwargs)
+    opts.refuse("path_kernel", "saveat", "adjoint", "event", "progress", "save_weights", "throw")
     dtype = problem.tspan[0].dtype
-    if stepsize_controller is None:
-        stepsize_controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol, dtype), atol=jnp.asarray(atol, dtype)
-        )
+    stepsize_controller = opts.controller(dtype, rtol=1e-7, atol=1e-9)
+    dt0, max_steps = opts.dt0, opts.max_steps
     solver = diffrax.Tsit5() if solver is None else solver
     dt0_arr = None if dt0 is None else jnp.asarray(dt0, dtype)
     out = _flow(problem, queries, solver, stepsize_controller, dt0_arr, int(max_steps), bool(trace))

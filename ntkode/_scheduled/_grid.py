@@ -18,8 +18,8 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from .._core._data import Dataset
 from .._core._errors import is_concrete
+from .._core._kernel_flow import flatten_kernel
 from .._core._model import apply, partition
-from .._core._problems import flatten_kernel
 from ._schedule import AbstractSchedule, Time
 
 

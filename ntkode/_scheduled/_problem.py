@@ -36,14 +36,15 @@ from jaxtyping import Array, Float
 from .._core._data import Dataset
 from .._core._errors import check_finite
 from .._core._losses import MSE, AbstractLoss, mse
-from .._core._problems import (
+from .._core._options import ResolvedOptions
+from .._core._problem import (
     AbstractProblem,
-    SolveOptions,
-    _init_common,
-    _initial,
+    init_common,
+    initial_outputs,
     make_solution,
     solve_function_space,
 )
+from .._core._regression import decay_integral
 from .._core._solution import Solution
 from ._grid import KernelGrid
 from ._interp import AbstractInterpolation, Linear, PiecewiseConstant
@@ -136,7 +137,7 @@ class ScheduledKernelProblem(AbstractProblem):
         u0_train=None,
         u0_test=None,
     ):
-        _init_common(self, data, loss, tspan, learning_rate)
+        init_common(self, data, loss, tspan, learning_rate)
         if not isinstance(grid, KernelGrid):
             raise TypeError(f"`grid` must be an ntkode.KernelGrid, got {type(grid).__name__}.")
         if not isinstance(schedule, AbstractSchedule):
@@ -172,8 +173,8 @@ class ScheduledKernelProblem(AbstractProblem):
         self.grid = grid
         self.schedule = schedule
         self.interpolation = interpolation
-        self.u0_train = _initial("u0_train", u0_train, (n, k), dtype)
-        self.u0_test = _initial("u0_test", u0_test, (m, k), dtype)
+        self.u0_train = initial_outputs("u0_train", u0_train, (n, k), dtype)
+        self.u0_test = initial_outputs("u0_test", u0_test, (m, k), dtype)
         check_finite("u0_train", self.u0_train)
 
     @property
@@ -197,7 +198,7 @@ class ScheduledKernelProblem(AbstractProblem):
         # under a PSD kernel: pieces are then crossed once each, at computable times.
         return isinstance(self.loss, MSE) and hasattr(self.schedule, "residual_sq")
 
-    def _solve(self, solver, options: SolveOptions) -> Solution:
+    def _solve(self, solver, options: ResolvedOptions) -> Solution:
         if options.save_weights:
             raise ValueError("`save_weights=True` applies to GradientFlowProblem only.")
         if solver is None and self.exact:
@@ -217,7 +218,7 @@ class ScheduledKernelProblem(AbstractProblem):
             _warn_outside, jnp.min(s), jnp.max(s), self.grid.nodes[0], self.grid.nodes[-1]
         )
 
-    def _solve_exact(self, options: SolveOptions) -> Solution:
+    def _solve_exact(self, options: ResolvedOptions) -> Solution:
         """Piecewise-constant-in-time MSE flow: exact exponentials on each segment."""
         grid = self.grid
         dtype = self.u0_train.dtype
@@ -260,9 +261,7 @@ class ScheduledKernelProblem(AbstractProblem):
             # u*(τ) = u* - c Θ* V φ(τ) Vᵀ r with φ(τ) = ∫_0^τ e^{-cλσ} dσ.
             coef = vec_g.T @ r
             x = c * lam_g * tau
-            small = jnp.abs(x) < 1e-6
-            safe = jnp.where(small, 1.0, c * lam_g)
-            phi = jnp.where(small, tau * (1 - 0.5 * x), -jnp.expm1(-x) / safe)
+            phi = decay_integral(c * lam_g, tau)
             r_new = r + vec_g @ (jnp.expm1(-x) * coef)
             us_new = us - c * basis_g @ (phi * coef)
             return r_new, us_new
@@ -310,9 +309,7 @@ class ScheduledKernelProblem(AbstractProblem):
             # projections, and each output is one matrix product with V or Θ* V.
             coef = vec_g.T @ r
             x = c * lam_g[None, :] * tau[:, None]
-            small = jnp.abs(x) < 1e-6
-            safe = jnp.where(small, 1.0, c * lam_g[None, :])
-            phi = jnp.where(small, tau[:, None] * (1 - 0.5 * x), -jnp.expm1(-x) / safe)
+            phi = decay_integral(c * lam_g[None, :], tau[:, None])
             cur = c * jnp.exp(-x) * coef
             T_ = ts.shape[0]
             both = jnp.concatenate([jnp.expm1(-x) * coef, -lam_g * cur]) @ vec_g.T

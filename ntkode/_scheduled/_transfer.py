@@ -8,8 +8,8 @@ loss-scheduled grid sees exactly the states it was built on, while a time-schedu
 applies them at the wrong times.
 """
 
+from .._core._gradient_flow import GradientFlowProblem
 from .._core._model import apply
-from .._core._problems import GradientFlowProblem
 from ._grid import KernelGrid
 from ._interp import AbstractInterpolation, Linear
 from ._problem import ScheduledKernelProblem

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._core._problems import flatten_kernel
+from .._core._kernel_flow import flatten_kernel
 from .._core._solution import _hermite
 from .._ntk import ntk
 from .._scheduled._problem import ScheduledKernelProblem

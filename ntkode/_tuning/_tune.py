@@ -34,8 +34,8 @@ import optimistix as optx
 from jaxtyping import Array, Float
 
 from .._core._model import partition
+from .._core._options import SolveOptions
 from .._core._solution import Solution
-from .._core._solve import _prepare
 from .._scheduled._problem import ScheduledKernelProblem
 from ._objective import (
     _kernels_at,
@@ -152,15 +152,11 @@ def build_objective(
     nodes="schedule",
     model=None,
     times=None,
-    adjoint=None,
     test=False,
     solver=None,
-    rtol=1e-4,
-    atol=1e-6,
-    dt0=None,
-    max_steps=100_000,
-    stepsize_controller=None,
+    options: SolveOptions | None = None,
     implementation="auto",
+    **solve_kwargs: Any,
 ) -> tuple["_Objective", Array, Array | None]:
     """Validate the inputs of [`tune_grid`][] and build `(objective, z0, initial_times)`.
 
@@ -180,24 +176,12 @@ def build_objective(
             "it needs at least 3."
         )
     _check_reference(problem, reference, test)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    if not isinstance(adjoint, diffrax.AbstractAdjoint):
-        raise TypeError(f"`adjoint` must be a diffrax adjoint, got {type(adjoint).__name__}.")
+    opts = SolveOptions.build(options, **solve_kwargs)
+    opts.refuse("tune_grid", "saveat", "event", "progress", "save_weights", "throw")
+    # The objective compares at the reference's saved times.
+    opts = SolveOptions.build(opts, saveat=np.asarray(reference.t))
     dtype = problem.u0_train.dtype
-    options = _prepare(
-        problem,
-        solver,
-        saveat=np.asarray(reference.t),
-        rtol=rtol,
-        atol=atol,
-        dt0=dt0,
-        max_steps=max_steps,
-        stepsize_controller=stepsize_controller,
-        adjoint=adjoint,
-        event=None,
-        progress=False,
-        save_weights=False,
-    )[1][2]
+    resolved = opts.resolve(problem)
     span = (float(problem.t0), float(problem.t1))
     ref_span = (max(span[0], float(reference.t[0])), min(span[1], float(reference.t[-1])))
     fields: dict[str, Any] = dict(path=None, ref_t=None, ref_train=None, ref_train_dot=None)
@@ -268,7 +252,7 @@ def build_objective(
     obj = _Objective(
         problem=problem,
         solver=solver,
-        options=options,
+        options=resolved,
         u_ref=reference.train.astype(dtype),
         us_ref=reference.test.astype(dtype) if test else None,
         lo=jnp.asarray(x0[0], dtype),
@@ -287,18 +271,14 @@ def tune_grid(
     model: Any = None,
     times: Float[Array, " G"] | None = None,
     optimiser: optax.GradientTransformation | optx.AbstractMinimiser | Any = None,
-    adjoint: diffrax.AbstractAdjoint | None = None,
     steps: int = 50,
     test: bool = False,
     solver: diffrax.AbstractSolver | None = None,
-    rtol: float = 1e-4,
-    atol: float = 1e-6,
-    dt0: float | None = None,
-    max_steps: int = 100_000,
-    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    options: SolveOptions | None = None,
     implementation: str = "auto",
     throw: bool = False,
     log: Callable[[str], Any] | None = None,
+    **solve_kwargs: Any,
 ) -> TuneResult:
     r"""Move the grid nodes of a scheduled-NTK surrogate to fit a reference trajectory.
 
@@ -320,11 +300,11 @@ def tune_grid(
     - `optimiser`: an `optax.GradientTransformation` (default `optax.adam(0.05)`), an
       `optimistix` minimiser (e.g. `optx.BFGS(rtol, atol)`) or least-squares solver (e.g.
       `optx.LevenbergMarquardt(rtol, atol)`, fed the residual vector).
-    - `adjoint`: a diffrax adjoint for the surrogate solve: `RecursiveCheckpointAdjoint()`
-      (default), `BacksolveAdjoint()` or `ForwardMode()` (gradients by forward mode).
     - `steps`: the most optimiser steps.
-    - `solver`, `rtol`, `atol`, `dt0`, `max_steps`, `stepsize_controller`: the surrogate
-      solve, as in [`ntkode.solve`][].
+    - `solver`, `options`, `**solve_kwargs`: the surrogate solve, as in [`ntkode.solve`][]
+      (`rtol`, `atol`, `dt0`, `max_steps`, `stepsize_controller`, and `adjoint`: a diffrax
+      adjoint, `RecursiveCheckpointAdjoint()` by default, or `ForwardMode()` for gradients by
+      forward mode). The saved times are the reference's.
     - `implementation`: NTK implementation for `"time"` (see [`ntkode.ntk`][]).
     - `throw`: raise `RuntimeError` instead of returning when tuning stops early on a
       non-finite objective or gradient.
@@ -343,15 +323,11 @@ def tune_grid(
         nodes=nodes,
         model=model,
         times=times,
-        adjoint=adjoint,
         test=test,
         solver=solver,
-        rtol=rtol,
-        atol=atol,
-        dt0=dt0,
-        max_steps=max_steps,
-        stepsize_controller=stepsize_controller,
+        options=options,
         implementation=implementation,
+        **solve_kwargs,
     )
     adjoint = obj.options.adjoint
     optimiser = optax.adam(0.05) if optimiser is None else optimiser

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from .._core._data import Dataset
-from .._core._problems import GradientFlowProblem
+from .._core._gradient_flow import GradientFlowProblem
 from ..datasets import sine
 
 ACTIVATIONS = {

@@ -16,7 +16,9 @@ import numpy as np
 
 from .._core._compare import trajectory_errors
 from .._core._data import Dataset
-from .._core._problems import GradientFlowProblem, KernelFlowProblem, remake
+from .._core._gradient_flow import GradientFlowProblem
+from .._core._kernel_flow import KernelFlowProblem
+from .._core._problem import remake
 from .._core._solve import solve
 from .._scheduled._grid import KernelGrid
 from .._scheduled._interp import AbstractInterpolation, Linear

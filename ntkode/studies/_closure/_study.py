@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from ..._core._gradient_flow import GradientFlowProblem
 from ..._core._losses import mse
 from ..._core._model import num_params
-from ..._core._problems import GradientFlowProblem
 from ..._path._machines import compare_kernels
 from ...datasets._closure import closure
 

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from ..._core._compare import Comparison
-from ..._core._problems import KernelFlowProblem
+from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._solve import timed_solve
 from .._problems import sine_problem
 from ._scheduled_rows import add_scheduled_rows, plot_error_vs_grid, saveat_with_nodes

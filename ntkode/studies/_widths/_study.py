@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._core._gradient_flow import GradientFlowProblem
 from ..._core._losses import mse
 from ..._core._model import apply
-from ..._core._problems import GradientFlowProblem
+from ..._core._regression import kernel_regression
 from ..._core._solve import solve
 from ..._infinite._mlp import MLP, mlp_ntk
-from ..._infinite._predict import predict_mse
 from ...datasets import sine
 
 METRICS = ("kernel_error_init", "kernel_change", "trajectory_error", "prediction_gap")
@@ -89,9 +89,9 @@ def width_run(
     last = jax.tree.map(lambda w: w[-1], sol.weights)
     model_t = eqx.combine(last, eqx.partition(model, eqx.is_inexact_array)[1])
     k_t = mlp_ntk(model_t, x)[:, :, 0, 0]
-    frozen = predict_mse(k0, ks0, y, ts, learning_rate=lr, u0_train=u0, u0_test=us0)
-    limit = predict_mse(k_inf, ks_inf, y, t_end, learning_rate=lr, u0_train=u0, u0_test=us0)
-    mean = predict_mse(k_inf, ks_inf, y, t_end, learning_rate=lr)
+    frozen = kernel_regression(k0, ks0, y, ts, learning_rate=lr, u0_train=u0, u0_test=us0)
+    limit = kernel_regression(k_inf, ks_inf, y, t_end, learning_rate=lr, u0_train=u0, u0_test=us0)
+    mean = kernel_regression(k_inf, ks_inf, y, t_end, learning_rate=lr)
     r0 = float(jnp.linalg.norm(u0 - y))
     traj = jnp.linalg.norm((frozen.train - sol.train).reshape(n_save, -1), axis=1) / r0
     return {

@@ -1,0 +1,161 @@
+r"""Frozen-kernel flows in function space: $du/dt = -\eta\,\Theta\,\nabla_u L$, fixed $\Theta$."""
+
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._data import Dataset
+from ._errors import check_finite
+from ._losses import MSE, AbstractLoss, mse
+from ._model import apply, check_model_data
+from ._options import ResolvedOptions
+from ._problem import (
+    AbstractProblem,
+    init_common,
+    initial_outputs,
+    make_solution,
+    solve_function_space,
+)
+from ._regression import mse_flow
+from ._solution import Solution
+
+
+def flatten_kernel(kernel, n1: int, n2: int, k: int, name: str) -> Float[Array, "n1k n2k"]:
+    """Bring a kernel given as `(n1, n2)`, `(n1, n2, k, k)` or `(n1·k, n2·k)` to `(n1·k, n2·k)`.
+
+    A `(n1, n2)` kernel for `k > 1` outputs means the same kernel on every output
+    ($\\Theta \\otimes I_k$).
+    """
+    kernel = jnp.asarray(kernel)
+    if kernel.shape == (n1, n2, k, k):
+        return jnp.transpose(kernel, (0, 2, 1, 3)).reshape(n1 * k, n2 * k)
+    if kernel.shape == (n1 * k, n2 * k):
+        return kernel
+    if kernel.shape == (n1, n2):
+        return jnp.kron(kernel, jnp.eye(k, dtype=kernel.dtype))
+    raise ValueError(
+        f"`{name}` has shape {kernel.shape} but the data need ({n1}, {n2}), "
+        f"({n1}, {n2}, {k}, {k}) or ({n1 * k}, {n2 * k}) ({n1} and {n2} examples, {k} outputs)."
+    )
+
+
+class KernelFlowField(eqx.Module):
+    r"""Function-space flow $du/dt = -\eta\,\Theta\,\nabla_u L$, test outputs carried along.
+
+    State: `(u_train (n, k), u_test (m, k))`; `args`: the learning rate.
+    """
+
+    kernel_train: Array
+    kernel_test: Array
+    y: Array
+    loss: AbstractLoss
+
+    def __call__(self, t, state, learning_rate):
+        u, us = state
+        g = self.loss.grad(u, self.y).reshape(-1)
+        du = -learning_rate * (self.kernel_train @ g).reshape(u.shape)
+        dus = -learning_rate * (self.kernel_test @ g).reshape(us.shape)
+        return du, dus
+
+
+class KernelFlowProblem(AbstractProblem):
+    r"""Frozen-kernel (lazy, linearised) dynamics in function space.
+
+    $du/dt = -\eta\,\Theta(X, X)\,\nabla_u L$ on the train outputs, and
+    $du_*/dt = -\eta\,\Theta(X_*, X)\,\nabla_u L$ on the test outputs. For MSE, `solve` with no
+    solver uses the exact closed form (no ODE steps); with a solver, or for other losses, a
+    diffrax solve.
+
+    **Arguments:**
+
+    - `kernel_train`: $\Theta(X, X)$ as `(n, n)`, `(n, n, k, k)` or `(n·k, n·k)`.
+    - `data`, `loss`, `tspan`, `learning_rate`: as in [`ntkode.GradientFlowProblem`][].
+    - `kernel_test`: $\Theta(X_*, X)$ as `(m, n)`, `(m, n, k, k)` or `(m·k, n·k)`; default
+      zeros (test outputs then stay at `u0_test`).
+    - `u0_train`, `u0_test`: outputs `(n, k)`, `(m, k)` at `t0` (default zeros: a kernel
+      machine from zero).
+
+    Use [`KernelFlowProblem.from_model`][] for the empirical NTK of a network.
+    """
+
+    kernel_train: Float[Array, "nk nk"]
+    kernel_test: Float[Array, "mk nk"]
+    u0_train: Float[Array, "n k"]
+    u0_test: Float[Array, "m k"]
+    data: Dataset
+    loss: AbstractLoss
+    tspan: tuple[Float[Array, ""], Float[Array, ""]]
+    learning_rate: Float[Array, ""]
+
+    def __init__(
+        self,
+        kernel_train: Float[ArrayLike, "n n"] | Float[ArrayLike, "n n k k"],
+        data: Dataset,
+        loss: AbstractLoss | str = mse,
+        tspan: tuple[Float[ArrayLike, ""], Float[ArrayLike, ""]] = (0.0, 1.0),
+        learning_rate: Float[ArrayLike, ""] = 1.0,
+        kernel_test: Float[ArrayLike, "m n"] | Float[ArrayLike, "m n k k"] | None = None,
+        u0_train: Float[ArrayLike, "n k"] | None = None,
+        u0_test: Float[ArrayLike, "m k"] | None = None,
+    ):
+        init_common(self, data, loss, tspan, learning_rate)
+        n, m, k = data.n_train, data.n_test, data.n_outputs
+        dtype = data.y_train.dtype
+        self.kernel_train = flatten_kernel(kernel_train, n, n, k, "kernel_train").astype(dtype)
+        if kernel_test is None:
+            kernel_test = jnp.zeros((m * k, n * k), dtype)
+        self.kernel_test = flatten_kernel(kernel_test, m, n, k, "kernel_test").astype(dtype)
+        self.u0_train = initial_outputs("u0_train", u0_train, (n, k), dtype)
+        self.u0_test = initial_outputs("u0_test", u0_test, (m, k), dtype)
+        for name in ("kernel_train", "kernel_test"):
+            check_finite(name, getattr(self, name))
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        data: Dataset,
+        loss: AbstractLoss | str = mse,
+        tspan: tuple[Float[ArrayLike, ""], Float[ArrayLike, ""]] = (0.0, 1.0),
+        learning_rate: Float[ArrayLike, ""] = 1.0,
+        *,
+        implementation: Any = "auto",
+    ) -> "KernelFlowProblem":
+        """The frozen empirical NTK of `model` at its current weights, and its outputs."""
+        from .._ntk import ntk
+
+        check_model_data(model, data)
+        k_train = ntk(model, data.x_train, implementation=implementation)
+        k_test = ntk(model, data.x_test, data.x_train, implementation=implementation)
+        return cls(
+            k_train,
+            data,
+            loss,
+            tspan,
+            learning_rate,
+            kernel_test=k_test,
+            u0_train=apply(model, data.x_train),
+            u0_test=apply(model, data.x_test),
+        )
+
+    @property
+    def vector_field(self) -> KernelFlowField:
+        return KernelFlowField(self.kernel_train, self.kernel_test, self.data.y_train, self.loss)
+
+    def _solve(self, solver, options: ResolvedOptions) -> Solution:
+        if options.save_weights:
+            raise ValueError("`save_weights=True` applies to GradientFlowProblem only.")
+        if solver is None and isinstance(self.loss, MSE):
+            u, us, du, dus = mse_flow(
+                self.kernel_train,
+                self.kernel_test,
+                self.u0_train,
+                self.u0_test,
+                self.data.y_train,
+                self.learning_rate,
+                options.ts - self.t0,
+            )
+            return make_solution(self, options.ts, u, us, du, dus, kind="kernel")
+        return solve_function_space(self, self.vector_field, solver, options, kind="kernel")

@@ -1,0 +1,193 @@
+"""`SolveOptions`: how to solve, declared once for every entry point that runs a diffrax solve.
+
+[`ntkode.solve`][], [`ntkode.timed_solve`][], [`ntkode.path_kernel`][] and
+[`ntkode.tune_grid`][] all take these options, either as keywords (`rtol=1e-6`) or as one
+`options=SolveOptions(...)` object (keywords then override its fields).
+"""
+
+import dataclasses
+import sys
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._errors import check_positive
+
+_DEFAULT_RTOL = 1e-4
+_DEFAULT_ATOL = 1e-6
+
+
+class SolveOptions(eqx.Module):
+    """Options of a diffrax solve of a training-dynamics problem.
+
+    **Fields** (all optional):
+
+    - `saveat`: times at which to save outputs (a 1-D array inside `tspan`), or a number of
+      equally spaced times over `tspan` (default 101).
+    - `rtol`, `atol`: tolerances of the default `diffrax.PIDController` (default `1e-4`,
+      `1e-6`). They are passed as arrays, so changing them does not recompile. Giving them
+      together with `stepsize_controller` is an error (the controller has its own).
+    - `dt0`: initial step (default: chosen by the controller).
+    - `max_steps`: step budget (default 100,000); if it is hit the result says so.
+    - `stepsize_controller`: overrides the default adaptive controller.
+    - `adjoint`: a diffrax adjoint (default `diffrax.RecursiveCheckpointAdjoint()`).
+    - `event`: a `diffrax.Event` that may stop the solve early.
+    - `progress`: `True` for a progress bar (diffrax's `TqdmProgressMeter`) or a diffrax
+      progress meter.
+    - `throw`: raise `RuntimeError` with the result's sentence if the solve did not succeed.
+    - `save_weights`: also keep the weights at the saved times (true flow only; never dense).
+    """
+
+    saveat: Any = None
+    rtol: Any = None
+    atol: Any = None
+    dt0: Any = None
+    max_steps: int = eqx.field(static=True, default=100_000)
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None
+    adjoint: diffrax.AbstractAdjoint | None = None
+    event: diffrax.Event | None = None
+    progress: Any = eqx.field(static=True, default=False)
+    throw: bool = eqx.field(static=True, default=False)
+    save_weights: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        for name in ("rtol", "atol", "dt0"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(name, value)
+        steps = self.max_steps
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise ValueError(f"`max_steps` must be a positive integer, got {steps!r}.")
+        if self.stepsize_controller is not None:
+            if not isinstance(self.stepsize_controller, diffrax.AbstractStepSizeController):
+                raise TypeError(
+                    "`stepsize_controller` must be a diffrax step-size controller (e.g. "
+                    "diffrax.PIDController(rtol=1e-5, atol=1e-7)), got "
+                    f"{self.stepsize_controller!r}."
+                )
+            given = [n for n in ("rtol", "atol") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(
+                    f"`{'` and `'.join(given)}` would be ignored: a `stepsize_controller` was "
+                    "given, and it carries its own tolerances. Pass them to the controller "
+                    "(e.g. diffrax.PIDController(rtol=..., atol=...)) or drop the controller."
+                )
+        if self.adjoint is not None and not isinstance(self.adjoint, diffrax.AbstractAdjoint):
+            raise TypeError(
+                "`adjoint` must be a diffrax adjoint (e.g. diffrax.RecursiveCheckpointAdjoint()),"
+                f" got {self.adjoint!r}."
+            )
+        if self.event is not None and not isinstance(self.event, diffrax.Event):
+            raise TypeError(f"`event` must be a diffrax.Event, got {self.event!r}.")
+
+    @classmethod
+    def build(cls, options: "SolveOptions | None" = None, **changes: Any) -> "SolveOptions":
+        """`options` (default: all defaults) with the fields named in `changes` replaced."""
+        if options is not None and not isinstance(options, SolveOptions):
+            raise TypeError(
+                f"`options` must be an ntkode.SolveOptions, got {type(options).__name__}."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"Unknown solve option(s) {unknown}; the options are {sorted(names)}.")
+        base = cls() if options is None else options
+        return dataclasses.replace(base, **changes) if changes else base
+
+    def refuse(self, where: str, *names: str) -> None:
+        """Raise if any option in `names` is set: `where` does not use it."""
+        used = [n for n in names if getattr(self, n) not in (None, False)]
+        if used:
+            raise ValueError(f"{where} does not use the solve option(s) {used}; drop them.")
+
+    def tolerances(self, rtol: float = _DEFAULT_RTOL, atol: float = _DEFAULT_ATOL):
+        """`(rtol, atol)`, with the given defaults where unset."""
+        return (
+            rtol if self.rtol is None else self.rtol,
+            atol if self.atol is None else self.atol,
+        )
+
+    def controller(
+        self, dtype, rtol: float = _DEFAULT_RTOL, atol: float = _DEFAULT_ATOL
+    ) -> diffrax.AbstractStepSizeController:
+        """The step-size controller: the given one, or a PID controller at the tolerances."""
+        if self.stepsize_controller is not None:
+            return self.stepsize_controller
+        r, a = self.tolerances(rtol, atol)
+        return diffrax.PIDController(rtol=jnp.asarray(r, dtype), atol=jnp.asarray(a, dtype))
+
+    def resolve(self, problem: Any, *, ensemble: bool = False) -> "ResolvedOptions":
+        """Everything a problem's solver needs, as arrays of the problem's precision."""
+        dtype = problem.tspan[0].dtype
+        t0, t1 = float(problem.tspan[0]), float(problem.tspan[1])
+        return ResolvedOptions(
+            ts=save_times(self.saveat, t0, t1, dtype),
+            controller=self.controller(dtype),
+            dt0=None if self.dt0 is None else jnp.asarray(self.dt0, dtype),
+            max_steps=int(self.max_steps),
+            adjoint=diffrax.RecursiveCheckpointAdjoint() if self.adjoint is None else self.adjoint,
+            event=self.event,
+            progress_meter=diffrax.NoProgressMeter() if ensemble else progress_meter(self.progress),
+            save_weights=bool(self.save_weights),
+        )
+
+
+class ResolvedOptions(eqx.Module):
+    """What a problem's `_solve` receives: save times, controller, budget, adjoint, event."""
+
+    ts: Float[Array, " T"]
+    controller: diffrax.AbstractStepSizeController
+    dt0: Array | None
+    max_steps: int = eqx.field(static=True)
+    adjoint: diffrax.AbstractAdjoint
+    event: diffrax.Event | None
+    progress_meter: diffrax.AbstractProgressMeter
+    save_weights: bool = eqx.field(static=True)
+
+
+def save_times(saveat: Any, t0: float, t1: float, dtype) -> jax.Array:
+    """Save times from `saveat` (a count or an array inside `[t0, t1]`), validated."""
+    if saveat is None:
+        saveat = 101
+    if isinstance(saveat, int | np.integer) and not isinstance(saveat, bool):
+        if saveat < 2:
+            raise ValueError(f"`saveat` as a count must be at least 2, got {saveat}.")
+        return jnp.linspace(t0, t1, int(saveat), dtype=dtype)
+    if isinstance(saveat, diffrax.SaveAt):
+        raise TypeError(
+            "`saveat` takes the times to save at (an array, or a count), not a diffrax.SaveAt: "
+            "ntkode decides *what* is saved (function-space outputs, optionally weights)."
+        )
+    ts = np.asarray(saveat, dtype=float)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"`saveat` must be a 1-D array of times, got shape {ts.shape}.")
+    if not np.all(np.isfinite(ts)):
+        raise ValueError("`saveat` contains non-finite times.")
+    if ts.size > 1 and np.any(np.diff(ts) <= 0):
+        raise ValueError("`saveat` times must be strictly increasing.")
+    span = t1 - t0
+    if ts[0] < t0 - 1e-12 * span or ts[-1] > t1 + 1e-12 * span:
+        raise ValueError(
+            f"`saveat` times must lie inside tspan = ({t0}, {t1}); got [{ts[0]}, {ts[-1]}]."
+        )
+    return jnp.asarray(np.clip(ts, t0, t1), dtype=dtype)
+
+
+def progress_meter(progress: Any) -> diffrax.AbstractProgressMeter:
+    """A diffrax progress meter from `progress` (`True`: a tqdm bar, on a terminal only)."""
+    if isinstance(progress, diffrax.AbstractProgressMeter):
+        return progress
+    if progress and _terminal():
+        return diffrax.TqdmProgressMeter(refresh_steps=20)
+    # In a pipe or a CI log a bar writes thousands of carriage-return fragments: the studies
+    # print one line per stage instead.
+    return diffrax.NoProgressMeter()
+
+
+def _terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,147 @@
+r"""The problem interface every training-dynamics problem implements, and what they share.
+
+A problem is an `eqx.Module` holding data, a loss, a time span and a learning rate; it knows
+how to solve itself given a solver and resolved [`ntkode.SolveOptions`][]. Users call
+[`ntkode.solve`][].
+"""
+
+import abc
+import dataclasses
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._data import Dataset
+from ._errors import check_finite, check_positive, check_tspan
+from ._losses import AbstractLoss, as_loss
+from ._options import ResolvedOptions
+from ._results import RESULTS, promote
+from ._solution import Solution
+
+
+class AbstractProblem(eqx.Module):
+    """A training-dynamics problem: data, loss, time span, learning rate."""
+
+    data: eqx.AbstractVar[Dataset]
+    loss: eqx.AbstractVar[AbstractLoss]
+    tspan: eqx.AbstractVar[tuple[Array, Array]]
+    learning_rate: eqx.AbstractVar[Array]
+
+    @abc.abstractmethod
+    def _solve(self, solver: Any, options: ResolvedOptions) -> Solution:
+        """Solve with `solver` (or the problem's own fast path when `solver is None`)."""
+
+    @property
+    def t0(self) -> Array:
+        return self.tspan[0]
+
+    @property
+    def t1(self) -> Array:
+        return self.tspan[1]
+
+
+def init_common(self, data, loss, tspan, learning_rate) -> None:
+    """Validate and store the fields every problem has (inside its `__init__`)."""
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"`data` must be an ntkode.Dataset (e.g. ntkode.datasets.sine()), got {type(data)}."
+        )
+    t0, t1 = check_tspan(tspan)
+    check_positive("learning_rate", learning_rate)
+    self.data = data
+    self.loss = as_loss(loss)
+    # Times and the learning rate follow the data's precision (float32 data, float32 solve).
+    dtype = data.y_train.dtype
+    self.tspan = (jnp.asarray(t0, dtype=dtype), jnp.asarray(t1, dtype=dtype))
+    self.learning_rate = jnp.asarray(learning_rate, dtype=dtype)
+
+
+def initial_outputs(name: str, value: Any, shape: tuple[int, ...], dtype) -> Array:
+    """Outputs at `t0` of the given shape (zeros when `value` is `None`), checked finite."""
+    if value is None:
+        return jnp.zeros(shape, dtype)
+    value = jnp.asarray(value, dtype)
+    if value.shape != shape:
+        raise ValueError(f"`{name}` has shape {value.shape}; expected {shape}.")
+    check_finite(name, value)
+    return value
+
+
+def _stats(stats) -> dict[str, Array]:
+    return {
+        k: jnp.asarray(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    }
+
+
+def make_solution(problem, ts, u, us, du, dus, *, kind, result=None, stats=None, weights=None):
+    """A `Solution` of `problem` from saved outputs and their time derivatives.
+
+    `result` is a result code (diffrax's or ntkode's; default: successful) and `stats`
+    diffrax's step stats (default: zero steps, as for exact closed forms).
+    """
+    if stats is None:
+        zero = jnp.array(0)
+        stats = {"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero}
+    else:
+        stats = _stats(stats)
+    return Solution(
+        t=ts,
+        train=u,
+        test=us,
+        train_dot=du,
+        test_dot=dus,
+        weights=weights,
+        result=RESULTS.successful if result is None else promote(result),
+        stats=stats,
+        y_train=problem.data.y_train,
+        y_test=problem.data.y_test,
+        loss=problem.loss,
+        kind=kind,
+    )
+
+
+def solve_function_space(problem, field, solver, options: ResolvedOptions, kind: str) -> Solution:
+    """diffrax solve of a function-space field on the state `(u_train, u_test)`."""
+    solver = diffrax.Tsit5() if solver is None else solver
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        problem.t0,
+        problem.t1,
+        options.dt0,
+        (problem.u0_train, problem.u0_test),
+        args=problem.learning_rate,
+        # Outputs only (no `SaveAt(fn=...)`): diffrax.BacksolveAdjoint accepts nothing else.
+        saveat=diffrax.SaveAt(ts=options.ts),
+        stepsize_controller=options.controller,
+        adjoint=options.adjoint,
+        event=options.event,
+        max_steps=options.max_steps,
+        throw=False,
+        progress_meter=options.progress_meter,
+    )
+    u, us = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+    du, dus = jax.vmap(lambda t, a, b: field(t, (a, b), problem.learning_rate))(sol.ts, u, us)
+    return make_solution(
+        problem, sol.ts, u, us, du, dus, kind=kind, result=sol.result, stats=sol.stats
+    )
+
+
+def remake(problem: AbstractProblem, **changes: Any) -> AbstractProblem:
+    """A copy of `problem` with some fields replaced (Julia's `remake(prob; kw...)`).
+
+    The new problem is validated like a freshly built one. Example:
+    `remake(prob, learning_rate=0.5, tspan=(0.0, 10.0))`.
+    """
+    names = {f.name for f in dataclasses.fields(problem)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(
+            f"remake: {type(problem).__name__} has no field(s) {unknown}; its fields are "
+            f"{sorted(names)}."
+        )
+    return dataclasses.replace(problem, **changes)
