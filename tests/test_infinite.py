@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import rel_norm as _rel
 
 import ntkode as nk
 
@@ -15,10 +16,6 @@ SQRT2 = math.sqrt(2.0)
 
 def _x(n, d, seed=0, dtype=jnp.float64):
     return jax.random.normal(jax.random.key(seed), (n, d), dtype)
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(jnp.asarray(a) - b) / jnp.linalg.norm(b))
 
 
 # -- analytic ----------------------------------------------------------------------------

@@ -9,33 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import psd_kernels as _psd, random_grid as _grid, rel_max as _rel, small_data as _data
 
 import ntkode as nk
 from ntkode import schedules as S
-
-
-def _psd(key, G, n, rank=None, shift=0.0):
-    a = jax.random.normal(key, (G, n, rank or n))
-    return jnp.einsum("gir,gjr->gij", a, a) + shift * jnp.eye(n)
-
-
-def _data(n=8, m=5, d=3, key=0):
-    k1, k2 = jax.random.split(jax.random.key(key))
-    x, xs = jax.random.normal(k1, (n, d)), jax.random.normal(k2, (m, d))
-    return nk.Dataset(x, jnp.sin(x.sum(1)), xs, jnp.sin(xs.sum(1)))
-
-
-def _grid(data, G=3, key=1, nodes=None):
-    k1, k2 = jax.random.split(jax.random.key(key))
-    kt = _psd(k1, G, data.n_train, shift=0.1)
-    ks = jax.random.normal(k2, (G, data.n_test, data.n_train))
-    nodes = jnp.linspace(0.0, 2.0, G) if nodes is None else nodes
-    return nk.KernelGrid(nodes, kt, ks)
-
-
-def _rel(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-
 
 # ---------------------------------------------------------------- interpolation
 

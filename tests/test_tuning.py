@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import optimistix as optx
 import pytest
+from helpers import central_differences
 
 import ntkode as nk
 from ntkode import schedules as S
@@ -58,10 +59,7 @@ CONSTANT = dict(stepsize_controller=diffrax.ConstantStepSize(), dt0=0.01)
 
 
 def _central_differences(obj, z, h=1e-5):
-    f = lambda zz: _value(obj, zz)
-    return np.array(
-        [(float(f(z.at[i].add(h))) - float(f(z.at[i].add(-h)))) / (2 * h) for i in range(len(z))]
-    )
+    return central_differences(lambda zz: _value(obj, zz), z, h)
 
 
 def test_parameterisation_keeps_order_and_inverts():

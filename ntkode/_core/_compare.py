@@ -1,13 +1,11 @@
 """Compare surrogate trajectories against the true flow: errors, costs, a table, a figure, JSON."""
 
-import json
 import math
-import os
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
+from ._records import write_json
 from ._solution import Solution
 
 #: Keys every row of `results.json` carries (others may be added per method).
@@ -117,18 +115,13 @@ class Comparison:
 
     def save_json(self, path: str) -> None:
         """Write `results.json` (atomically: a crash leaves the previous file intact)."""
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.rows, f, indent=2, default=_json_default)
-        os.replace(tmp, path)
+        write_json(path, self.rows)
 
     def plot(self, path: str, n_traj: int = 3) -> None:
         """Loss curves of every method and a few train-output trajectories vs the reference."""
-        import matplotlib
+        from .._plot import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         ref = self.solutions.get(self.reference_name)
         for i, (name, sol) in enumerate(self.solutions.items()):
@@ -146,14 +139,6 @@ class Comparison:
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
-
-
-def _json_default(x):
-    if isinstance(x, np.generic | np.ndarray):
-        return x.tolist()
-    if hasattr(x, "tolist"):
-        return np.asarray(x).tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 def compare(

@@ -7,8 +7,8 @@ $D_1, \dots, D_p$ exist. For weights $\eta$ on the simplex, the MKL kernel is
 $$K_\eta = \sum_i \eta_i D_i X X^\top D_i = (X X^\top) \circ (M^\top \mathrm{diag}(\eta) M),$$
 
 with $M$ the $p \times n$ 0/1 mask matrix. The gated-ReLU NTK is $K_\eta$ with $\eta_i$ the
-probability that a random gate produces pattern $i$ (Dwaraknath, Ergen & Pilanci 2023,
-seed 001); [`ntkode.ntk_weights`][] estimates it. Kernel ridge regression with $K_\eta$ has
+probability that a random gate produces pattern $i$ (Dwaraknath, Ergen & Pilanci 2023);
+[`ntkode.ntk_weights`][] estimates it. Kernel ridge regression with $K_\eta$ has
 training objective $J(\eta) = \frac\lambda2 \mathrm{tr}\, Y^\top (K_\eta + \lambda I)^{-1} Y$,
 the optimum of the weighted group-ridge program in [`ntkode.mkl_objective`][].
 """
@@ -336,7 +336,7 @@ def mkl_objective(
     \|W_i\|^2/\eta_i = \tfrac\lambda2 \mathrm{tr}\, Y^\top (K_\eta + \lambda I)^{-1} Y$.
     Its minimum over the simplex equals the squared group lasso
     $\min_W \tfrac12\|Y - \sum_i D_i X W_i\|^2 + \tfrac\lambda2 (\sum_i \|W_i\|)^2$, the
-    convex program of the gated-ReLU network (seed 001).
+    convex program of the gated-ReLU network (Dwaraknath et al. 2023).
 
     **Arguments:**
 

@@ -7,7 +7,7 @@ $$f(x) = \frac{1}{\sqrt m} \sum_{j=1}^m \mathbb 1[g_j^\top x \ge 0]\,(u_j^\top x
 
 Because the gates never move, the network is linear in each $u_j$ and its NTK is a weighted sum
 of *masked linear kernels* $D_j X X^\top D_j$ (Dwaraknath, Ergen & Pilanci 2023, "Fixing the
-NTK", seed 001): see [`ntkode.MaskedKernels`][]. The infinite-width limit has the closed form
+NTK"): see [`ntkode.MaskedKernels`][]. The infinite-width limit has the closed form
 "linear kernel × degree-0 arc-cosine kernel", [`ntkode.gated_relu_ntk_infinite`][].
 """
 
@@ -36,7 +36,7 @@ def _check_gates(gates: Array, dim: int, name: str = "gates") -> Array:
 
 
 class GatedReLU(eqx.Module):
-    r"""A one-hidden-layer gated-ReLU network with fixed gates (seed 001).
+    r"""A one-hidden-layer gated-ReLU network with fixed gates (Dwaraknath et al. 2023).
 
     $f(x) = m^{-1/2} \sum_j \mathbb 1[g_j^\top x \ge 0] (u_j^\top x) v_j$ (NTK parameterisation).
     The gates are stored as an array but never trained: the indicator has zero derivative and

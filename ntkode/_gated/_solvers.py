@@ -11,8 +11,9 @@ written through $(\sum_i\|W_i\|)^2 = \min_{\eta\in\Delta} \sum_i \|W_i\|^2/\eta_
 2. $\eta_{t+1,i} = \|W_i\| / \sum_j \|W_j\|$.
 
 Each half-step minimises a jointly convex function over one block, so
-$J(\eta_{t+1}) \le P(W_t) \le J(\eta_t)$: the objective never increases (seed 001 uses this to
-move the NTK's weights to the optimal ones). The dual of the MKL problem gives a lower bound
+$J(\eta_{t+1}) \le P(W_t) \le J(\eta_t)$: the objective never increases (Dwaraknath, Ergen and
+Pilanci 2023, "Fixing the NTK", use this to move the NTK's weights to the optimal ones). The
+dual of the MKL problem gives a lower bound
 $D(\beta) = \langle \beta, Y\rangle - \frac12\|\beta\|^2 - \frac1{2\lambda}\max_i
 \|X^\top D_i \beta\|^2$ at the best multiple of $\beta = \lambda\alpha$, hence a certified
 gap $J - D$.
@@ -119,7 +120,7 @@ def optimal_mkl(
     rtol: float = 1e-6,
     accelerate: bool = True,
 ) -> MKLSolution:
-    r"""The optimal MKL weights by iterative reweighting (group-lasso IRLS, seed 001).
+    r"""The optimal MKL weights by iterative reweighting (group-lasso IRLS; Dwaraknath et al. 2023).
 
     **Arguments:**
 

@@ -2,7 +2,7 @@ r"""Jacobian contraction: per-example gradients, contracted over parameters.
 
 $\Theta(x, x')_{ab} = \sum_p \partial_p f_a(x)\, \partial_p f_b(x')$, with per-example
 Jacobians from `vmap(jacrev(f(θ, x_i)))` — never `jacrev` through the batch, which would
-differentiate every output through every example (DESIGN §5). Works for any model; memory is
+differentiate every output through every example. Works for any model; memory is
 `O(n k P)` per block, which `block_size` bounds. (Novak et al. 2022, "Fast finite width neural
 tangent kernel", §3.1.)
 """

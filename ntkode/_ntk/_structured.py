@@ -2,7 +2,7 @@ r"""Structured NTK: per-layer Gram products instead of Jacobians for dense and c
 
 A dense layer $y = W a + b$ called once per example has the per-example Jacobian
 $\partial f / \partial W = B \otimes a$ with back-propagated signal $B = \partial f/\partial y$
-(`(k, out)`), so its NTK contribution needs no Jacobian at all (DESIGN §5):
+(`(k, out)`), so its NTK contribution needs no Jacobian at all:
 
 $$\Theta_{W,b}(x, x')_{ab} = (a \cdot a' + 1)\, (B_a \cdot B'_b), \qquad
 \Theta = \sum_l (A_l A_l^\top + 1) \circ (B_l B_l^\top).$$

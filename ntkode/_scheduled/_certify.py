@@ -1,4 +1,4 @@
-r"""A convergence certificate for scheduled MSE surrogates (DESIGN §1).
+r"""A convergence certificate for scheduled MSE surrogates.
 
 For mean MSE the train residual $r = u - Y$ of the scheduled flow obeys
 $\tfrac{d}{dt}\tfrac12\|r\|^2 = -\tfrac{\eta}{n} r^\top \Theta(s) r$. With convex weights,

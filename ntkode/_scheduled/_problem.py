@@ -1,4 +1,4 @@
-r"""`ScheduledKernelProblem`: the linear-parameter-varying NTK surrogate (DESIGN §1, seed 000).
+r"""`ScheduledKernelProblem`: the linear-parameter-varying NTK surrogate.
 
 $du/dt = -\eta\,\Theta(s)\,\nabla_u L$, $du_*/dt = -\eta\,\Theta_*(s)\,\nabla_u L$ with
 $\Theta(s) = \sum_g w_g(s)\Theta_g$ and $s = \sigma(t, u)$.
@@ -16,7 +16,7 @@ Solving (`solver=None`):
   the top down; the time a piece is left (when $\|r\|^2$ reaches its boundary level) is
   found by bisection on the closed form, with an implicit-function gradient.
 - anything else: an adaptive diffrax solve (`Tsit5` with `solve`'s controller). The vector
-  field touches only the `support` active kernels. Training stiffens as it goes (DESIGN §5);
+  field touches only the `support` active kernels. Training stiffens as it goes;
   if the step budget runs out the solution's `retcode` says `max_steps_reached` with advice
   (pass `throw=True` to raise), never silently. Pass a stiff solver such as
   `diffrax.Kvaerno5()` for very stiff grids.

@@ -1,4 +1,4 @@
-r"""Grid placement by adjoints: tune the nodes of a scheduled-NTK surrogate (DESIGN §1).
+r"""Grid placement by adjoints: tune the nodes of a scheduled-NTK surrogate.
 
 The objective is the squared trajectory discrepancy against a reference (true-flow) solution,
 

@@ -1,4 +1,5 @@
-r"""The **closure** task (seed 003; DESIGN §4): inside/outside of rasterised Jordan curves.
+r"""The **closure** task (Courtois, Arias and Morel, "Can a neural network learn
+planar topology?", 2021): inside/outside of rasterised Jordan curves.
 
 Each image holds one or several random Jordan curves, drawn as the pixels they pass
 through; the targets mark the pixels strictly inside a curve. Labels come from the

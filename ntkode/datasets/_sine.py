@@ -1,4 +1,4 @@
-"""The **sine** reference problem (DESIGN §4): `x ~ N(0, I_d)`, `y = sin(Σ x)`."""
+"""The **sine** reference problem: `x ~ N(0, I_d)`, `y = sin(Σ x)`."""
 
 import jax
 import jax.numpy as jnp

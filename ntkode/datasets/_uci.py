@@ -1,4 +1,4 @@
-"""The **uci-small** data sets that scikit-learn ships (DESIGN §4), ready for kernel studies.
+"""The **uci-small** data sets that scikit-learn ships, ready for kernel studies.
 
 Breast cancer, wine, iris, diabetes and digits are bundled with scikit-learn (no download).
 Features are standardised with the *training* split's mean and standard deviation;

@@ -1,4 +1,4 @@
-"""The reference problems of DESIGN §4, built in one call."""
+"""The reference problems of the studies (**sine** and its variants), built in one call."""
 
 import equinox as eqx
 import jax
@@ -41,7 +41,7 @@ def sine_problem(
 
     Equinox's default (standard) initialisation, mean-MSE, `η = 1`, `t ∈ [0, t_end]`.
     `activation="softplus"` gives the smooth variant (**sine-softplus**), whose kernels do not
-    chatter the way ReLU's do (DESIGN §5).
+    chatter the way ReLU's do.
 
     **Returns:** a [`ntkode.GradientFlowProblem`][] (its `model` and `data` are fields).
     """

@@ -13,7 +13,6 @@ predicts each held-out map as the network at initialisation plus a combination o
 training label maps.
 """
 
-import json
 import os
 import time
 from typing import Any
@@ -27,7 +26,9 @@ from jaxtyping import Array
 from ..._core._gradient_flow import GradientFlowProblem
 from ..._core._losses import mse
 from ..._core._model import num_params
+from ..._core._records import write_json
 from ..._path._machines import compare_kernels
+from ..._plot import pyplot
 from ...datasets._closure import closure
 
 
@@ -79,13 +80,8 @@ def iou(scores: Array, labels: Array, threshold: float = 0.5) -> float:
 
 
 def _save(out: str | None, results: dict) -> None:
-    if out is None:
-        return
-    os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, "results.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmp, os.path.join(out, "results.json"))
+    if out is not None:
+        write_json(os.path.join(out, "results.json"), results)
 
 
 _NAMES = ("network", "ntk_init", "ntk_final", "path")
@@ -196,10 +192,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _figure(path: str, data, preds: dict[str, Array], examples: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = data.x_test.shape[-1]
     examples = min(examples, data.n_test)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..._core._compare import Comparison
 from ..._core._solve import timed_solve
+from ..._plot import pyplot
 from ..._scheduled._certify import certify
 from ..._scheduled._grid import KernelGrid
 from ..._scheduled._interp import Linear, PiecewiseConstant, Smoothstep
@@ -156,10 +157,7 @@ def add_scheduled_rows(
 def plot_error_vs_grid(cmp: Comparison, path: str) -> None:
     """Max relative train error against G per schedule, with the frozen kernel and the truth's
     own uncertainty as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     by = {}

@@ -42,12 +42,12 @@ def compare_study(
     tune_steps: int | None = None,
     tune_sizes: tuple[int, ...] = (4, 8),
 ) -> Comparison:
-    """True flow vs frozen-NTK flow on the **sine** problem (DESIGN §4).
+    """True flow vs frozen-NTK flow on the **sine** problem.
 
     The reference is the true flow at `rtol`; the truth's own uncertainty is reported as the
     row `true_loose`, the true flow at `10·rtol`, measured against the reference (on ReLU
     networks activation patterns chatter and the true flow is itself uncertain at the 1% level,
-    DESIGN §5). Then scheduled-NTK surrogates (issue 4): for each `G` in `grid_sizes`
+    see the README). Then scheduled-NTK surrogates: for each `G` in `grid_sizes`
     (default 2, 4, 8, 16; with `quick` 2, 8; `()` for none) and
     each of `schedules` (`"time"`, `"loss"`), a grid of `G` kernels at uniform snapshot times
     of the reference run, interpolated (`interpolation`: `"linear"`, `"smooth"`,
@@ -57,7 +57,7 @@ def compare_study(
     writes `results.json` after every method (an interrupted run keeps what it finished),
     `compare.png` and, with grids, `error_vs_G.png`.
 
-    With `tune=True` (issue 5), the uniform grids of sizes `tune_sizes` (those also in
+    With `tune=True`, the uniform grids of sizes `tune_sizes` (those also in
     `grid_sizes`) are tuned with [`ntkode.tune_grid`][] (`tune_nodes`: `"schedule"` or
     `"time"`; `tune_steps` Adam steps, default 25, 5 with `quick`), adding rows
     `tuned_<schedule>_G<G>` and the figure `tuned_nodes.png`.

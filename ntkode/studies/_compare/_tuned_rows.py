@@ -15,6 +15,7 @@ import optax
 
 from ..._core._compare import Comparison
 from ..._core._solve import timed_solve
+from ..._plot import pyplot
 from ..._scheduled._problem import ScheduledKernelProblem
 from ..._tuning._tune import tune_grid
 from ._scheduled_rows import INTERPOLATIONS, SCHEDULES, KernelCache, node_times
@@ -119,10 +120,7 @@ def _times_on_curve(values, name: str, t, loss) -> np.ndarray:
 
 def plot_nodes_on_loss(cmp: Comparison, path: str) -> None:
     """The reference train-loss curve with uniform (open) and tuned (filled) nodes on it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ref = cmp.solutions[cmp.reference_name]
     t, loss = np.asarray(ref.t), np.asarray(ref.train_loss)

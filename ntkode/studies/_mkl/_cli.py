@@ -1,4 +1,4 @@
-"""`ntkode mkl`: the gated-ReLU NTK against optimal multiple kernel learning (seed 001)."""
+"""`ntkode mkl`: the gated-ReLU NTK against optimal multiple kernel learning."""
 
 import argparse
 import sys

@@ -1,4 +1,5 @@
-r"""Study: the gated-ReLU NTK against the optimal MKL kernel and a trained network (seed 001).
+r"""Study: the gated-ReLU NTK against the optimal MKL kernel and a trained network
+(Dwaraknath, Ergen and Pilanci 2023, "Fixing the NTK").
 
 For each data set: sample Gaussian gates (on the inputs with a bias coordinate appended),
 build the masked kernels, and compare
@@ -16,7 +17,6 @@ compared at the *same* λ (the NTK's choice), where the paper proves $J_{\rm MKL
 """
 
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +29,11 @@ import numpy as np
 import optax
 
 from ..._core._data import Dataset
+from ..._core._records import write_json
 from ..._gated._masked import MaskedKernels, ntk_weights
 from ..._gated._network import GatedReLU, gated_relu_ntk_infinite
 from ..._gated._solvers import MKLSolution, kernel_ridge, optimal_mkl
+from ..._plot import pyplot
 
 _REL_REGS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -87,7 +89,8 @@ def _cv_reg(
 
 def _train_net(family, gates, x, y, beta, steps, lr, key):
     """Adam on ½‖f − Y‖² + β/(2√m)(‖U‖² + ‖V‖²), whose minimum over rescalings of each
-    neuron is the standard group lasso ½‖·‖² + β Σ_j ‖u_j v_jᵀ‖/√m (seed 001's network)."""
+    neuron is the standard group lasso ½‖·‖² + β Σ_j ‖u_j v_jᵀ‖/√m (the network of Dwaraknath
+    et al. 2023)."""
     model = GatedReLU(x.shape[1], y.shape[1], key=key, gates=gates, u_scale=0.1)
     m = model.width
     opt = optax.adam(lr)
@@ -261,10 +264,7 @@ def format_table(results: Sequence[dict]) -> str:
 
 def plot_mkl_study(results: Sequence[dict], path) -> None:
     """Figure: reweighting objective per iteration (relative to the NTK's), test scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
@@ -342,7 +342,7 @@ def mkl_study(
             }
             used = {"quick": quick, "seed": seed, **defaults, **settings}
             payload = {"settings": used, "results": results}
-            (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
+            write_json(out / "results.json", payload)
     if out is not None and results:
         plot_mkl_study(results, out / "mkl.png")
     return results

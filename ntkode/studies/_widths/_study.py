@@ -15,14 +15,13 @@ plus the test losses of the network, of that predictor and of the mean predictor
 Log-log slopes against width are fitted per parameterisation; theory says $-1/2$.
 
 The true flow is integrated with a tight tolerance (rtol 1e-6): the distances measured
-are small, and the truth's own solver error must stay below them (DESIGN §5).
+are small, and the truth's own solver error must stay below them.
 
 The learning rate is $\eta = n/\lambda_{\max}(\Theta_\infty)$, so that the stiffest mode of
 the limiting flow has unit rate in both parameterisations (the standard-parameterised NTK
 grows with width, and a fixed $\eta$ would make wide networks arbitrarily stiff).
 """
 
-import json
 import math
 import os
 import time
@@ -37,9 +36,11 @@ import numpy as np
 from ..._core._gradient_flow import GradientFlowProblem
 from ..._core._losses import mse
 from ..._core._model import apply
+from ..._core._records import write_json
 from ..._core._regression import kernel_regression
 from ..._core._solve import solve
 from ..._infinite._mlp import MLP, mlp_ntk
+from ..._plot import pyplot
 from ...datasets import sine
 
 METRICS = ("kernel_error_init", "kernel_change", "trajectory_error", "prediction_gap")
@@ -223,10 +224,7 @@ def width_study(
 
 def save_json(result: dict, path: str) -> None:
     """Write atomically, so an interrupted study leaves the last complete file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, result)
 
 
 HEADER = (
@@ -256,10 +254,7 @@ def format_table(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
     """Four log-log panels (one per metric), both parameterisations, with slopes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
     for ax, m in zip(axes, METRICS, strict=True):
