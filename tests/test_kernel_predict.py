@@ -105,6 +105,69 @@ def test_bad_input(setup):
         nk.infinite_width_problem(nk.InfiniteMLP(1), (data.x_train, data.y_train))
 
 
+def test_kernel_regression_shared_equals_kron():
+    key = jax.random.split(jax.random.key(6), 3)
+    a = jax.random.normal(key[0], (5, 5))
+    kt = a @ a.T + jnp.eye(5)
+    ks = jax.random.normal(key[1], (3, 5))
+    y = jax.random.normal(key[2], (5, 2))
+    shared = nk.kernel_regression(kt, ks, y, ridge=0.0)
+    full = nk.kernel_regression(jnp.kron(kt, jnp.eye(2)), jnp.kron(ks, jnp.eye(2)), y, ridge=0.0)
+    np.testing.assert_allclose(shared.test, full.test, atol=1e-12)
+    np.testing.assert_allclose(shared.train, full.train, atol=1e-12)
+    np.testing.assert_allclose(nk.kernel_regression(kt, kt, y, ridge=0.0).test, y, atol=1e-10)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_finite_and_infinite_time_are_one_formula_with_ridge():
+    key = jax.random.split(jax.random.key(7), 4)
+    a = jax.random.normal(key[0], (6, 6))
+    kt = a @ a.T
+    ks = jax.random.normal(key[1], (4, 6))
+    y = jax.random.normal(key[2], (6, 2))
+    u0 = jax.random.normal(key[3], (6, 2))
+    kw = dict(ridge=0.3, u0_train=u0, u0_test=jnp.zeros((4, 2)))
+    inf = nk.kernel_regression(kt, ks, y, **kw)
+    # t → ∞ of the finite-time formula is the ridge solve (to round-off of e^{-cλt}).
+    late = nk.kernel_regression(kt, ks, y, 1e8, learning_rate=1.0, **kw)
+    np.testing.assert_allclose(late.test, inf.test, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(late.train, inf.train, rtol=1e-9, atol=1e-10)
+    # Ridge regression in closed form: u0* + K*(K + λI)^{-1}(Y − u0).
+    direct = ks @ np.linalg.solve(np.asarray(kt) + 0.3 * np.eye(6), np.asarray(y - u0))
+    np.testing.assert_allclose(inf.test, direct, rtol=1e-10, atol=1e-12)
+    # The shared (n, n) kernel at a finite time equals the Kronecker form Θ ⊗ I_k.
+    mid = nk.kernel_regression(kt, ks, y, 2.0, learning_rate=0.7, **kw)
+    kron = nk.kernel_regression(
+        jnp.kron(kt, jnp.eye(2)), jnp.kron(ks, jnp.eye(2)), y, 2.0, learning_rate=0.7, **kw
+    )
+    np.testing.assert_allclose(mid.test, kron.test, atol=1e-12)
+    np.testing.assert_allclose(mid.train, kron.train, atol=1e-12)
+    # A relative ridge is relative to the mean diagonal of Θ.
+    rel = nk.kernel_regression(
+        kt,
+        ks,
+        y,
+        ridge=0.3 / float(jnp.mean(jnp.diag(kt))),
+        relative_ridge=True,
+        u0_train=u0,
+        u0_test=jnp.zeros((4, 2)),
+    )
+    np.testing.assert_allclose(rel.test, inf.test, rtol=1e-10, atol=1e-12)
+
+
+def test_non_symmetric_kernel_is_solved_by_lu_and_refuses_finite_time():
+    key = jax.random.split(jax.random.key(8), 3)
+    kt = jax.random.normal(key[0], (5, 5)) + 5.0 * jnp.eye(5)  # not symmetric
+    ks = jax.random.normal(key[1], (3, 5))
+    y = jax.random.normal(key[2], (5, 1))
+    out = nk.kernel_regression(kt, ks, y, symmetric=False)
+    np.testing.assert_allclose(out.test, ks @ np.linalg.solve(np.asarray(kt), y), rtol=1e-10)
+    with pytest.raises(ValueError, match="symmetric"):
+        nk.kernel_regression(kt, ks, y, 1.0, symmetric=False)
+
+
 def test_example_runs(capsys):
     import pathlib
     import runpy

@@ -139,21 +139,6 @@ def test_compare_kernels_gd_traced():
     assert float(comp.path_kernel.residual) < 1e-10
 
 
-def test_kernel_regression_shared_equals_kron():
-    key = jax.random.split(jax.random.key(6), 3)
-    a = jax.random.normal(key[0], (5, 5))
-    kt = a @ a.T + jnp.eye(5)
-    ks = jax.random.normal(key[1], (3, 5))
-    y = jax.random.normal(key[2], (5, 2))
-    shared = nk.kernel_regression(kt, ks, y, ridge=0.0)
-    full = nk.kernel_regression(jnp.kron(kt, jnp.eye(2)), jnp.kron(ks, jnp.eye(2)), y, ridge=0.0)
-    np.testing.assert_allclose(shared, full, atol=1e-12)
-    np.testing.assert_allclose(nk.kernel_regression(kt, kt, y, ridge=0.0), y, atol=1e-10)
-
-
-# -- bad input ------------------------------------------------------------------------------
-
-
 def test_bad_queries():
     p = _tanh_problem()
     with pytest.raises(ValueError, match="queries"):

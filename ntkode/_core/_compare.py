@@ -6,6 +6,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ._records import write_json
+from ._results import result_name
 from ._solution import Solution
 
 #: Keys every row of `results.json` carries (others may be added per method).
@@ -61,6 +62,7 @@ class Comparison:
             "final_train_loss": float(sol.train_loss[-1]),
             "final_test_loss": float(sol.test_loss[-1]),
             "steps": int(sol.num_steps),
+            "result": result_name(sol.result),
             "retcode": sol.message,
         }
         row.update(extra)

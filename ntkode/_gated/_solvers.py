@@ -26,6 +26,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._core._errors import check_positive
+from .._core._results import RESULTS, is_successful, message
 from ._masked import MaskedKernels, _as_targets, _kernel, _ridge_solve, check_simplex
 
 
@@ -40,6 +41,9 @@ class MKLSolution(eqx.Module):
       lasso objective $P(W_t)$; `dual`: the dual lower bound $D(\\lambda\\alpha_t)$.
     - `num_iterations`: reweighting steps taken; `converged`: relative gap below `rtol`
       (the gap uses the best dual bound seen: every one is a valid lower bound).
+    - `result`: an [`ntkode.RESULTS`][] item: `successful` (converged, or a plain fit with
+      `max_iter=0`), `not_converged` (the step budget ran out first) or `nonfinite`;
+      `message` is its sentence and `success` whether it is `successful`.
     """
 
     family: MaskedKernels
@@ -51,6 +55,15 @@ class MKLSolution(eqx.Module):
     dual: Float[Array, " T"]
     num_iterations: int = eqx.field(static=True)
     converged: bool = eqx.field(static=True)
+    result: RESULTS
+
+    @property
+    def success(self) -> bool:
+        return bool(is_successful(self.result))
+
+    @property
+    def message(self) -> str:
+        return message(self.result)
 
     @property
     def gap(self) -> Float[Array, ""]:
@@ -119,6 +132,7 @@ def optimal_mkl(
     max_iter: int = 500,
     rtol: float = 1e-6,
     accelerate: bool = True,
+    throw: bool = False,
 ) -> MKLSolution:
     r"""The optimal MKL weights by iterative reweighting (group-lasso IRLS; Dwaraknath et al. 2023).
 
@@ -134,8 +148,10 @@ def optimal_mkl(
       has the lower objective. Each step costs two kernel solves instead of one, but far
       fewer are needed (on 30 points with 872 patterns, about 10× lower objective error
       after 100 steps). `False` gives the paper's plain reweighting.
+    - `throw`: raise `RuntimeError` with the result's sentence unless it is `successful`.
 
-    **Returns:** an [`ntkode.MKLSolution`][] whose `objective` history never increases.
+    **Returns:** an [`ntkode.MKLSolution`][] whose `objective` history never increases, with
+    its `result` code.
     """
     check_positive("reg", reg)
     if int(max_iter) < 0:
@@ -172,24 +188,46 @@ def optimal_mkl(
     alpha = state[0]
     objective, _, primal, dual = (jnp.stack(h) for h in zip(*history, strict=True))
     if not np.isfinite(float(objective[-1])):
-        raise FloatingPointError(
-            "Iterative reweighting produced a non-finite objective; check the scale of `reg` "
-            "against the kernel (try a larger `reg`) or use float64."
+        # A non-finite objective comes from the ridge scale against the kernel's.
+        result = RESULTS.nonfinite
+    elif converged or int(max_iter) == 0:
+        result = RESULTS.successful
+    else:
+        result = RESULTS.not_converged
+    sol = MKLSolution(
+        family, float(reg), eta, alpha, objective, primal, dual, steps, converged, result
+    )
+    if throw and not sol.success:
+        raise RuntimeError(
+            f"optimal_mkl: {sol.message} (objective {float(objective[-1]):.6g}, relative "
+            f"duality gap {float(sol.gap):.3g}; for a non-finite objective try a larger `reg` "
+            "or float64)."
         )
-    return MKLSolution(family, float(reg), eta, alpha, objective, primal, dual, steps, converged)
+    return sol
 
 
 class GroupLassoSolution(eqx.Module):
     """The squared group lasso solved directly by accelerated proximal gradient.
 
     **Fields:** `weights` `(p, d, k)`; `objective` $P(W_t)$ per iteration `(T,)`;
-    `step_size` `1/L`.
+    `step_size` `1/L`; `num_iterations`; `result` (an [`ntkode.RESULTS`][] item:
+    `successful`, or `nonfinite` if the objective became NaN or infinite), with `message`
+    and `success`. FISTA runs its full budget: the objective history shows convergence.
     """
 
     weights: Float[Array, "p d k"]
     objective: Float[Array, " T"]
     step_size: Float[Array, ""]
     num_iterations: Int[Array, ""]
+    result: RESULTS
+
+    @property
+    def success(self) -> bool:
+        return bool(is_successful(self.result))
+
+    @property
+    def message(self) -> str:
+        return message(self.result)
 
 
 def _apply(family: MaskedKernels, w: Array) -> Array:
@@ -218,6 +256,7 @@ def group_lasso(
     reg: float,
     *,
     max_iter: int = 3000,
+    throw: bool = False,
 ) -> GroupLassoSolution:
     r"""Solve $\min_W \frac12\|Y - \sum_i D_i X W_i\|^2 + \frac\lambda2(\sum_i\|W_i\|_F)^2$.
 
@@ -225,7 +264,8 @@ def group_lasso(
     $L = \lambda_{\max}(\sum_i D_i X X^\top D_i)$. Its optimum equals $\min_\eta J(\eta)$, so it
     checks [`ntkode.optimal_mkl`][] independently.
 
-    **Arguments:** `family`, targets `y` `(n,)` or `(n, k)`, `reg = λ > 0`, `max_iter` steps.
+    **Arguments:** `family`, targets `y` `(n,)` or `(n, k)`, `reg = λ > 0`, `max_iter` steps;
+    `throw`: raise `RuntimeError` with the result's sentence unless it is `successful`.
 
     **Returns:** a [`ntkode.GroupLassoSolution`][].
     """
@@ -235,7 +275,10 @@ def group_lasso(
     uniform = jnp.full((p,), 1.0, family.x.dtype)
     lip = jnp.linalg.eigvalsh(_kernel(family, uniform))[-1]
     step = 1.0 / lip
-    return _fista(family, y, jnp.asarray(reg, y.dtype), step, int(max_iter), (p, d, k))
+    sol = _fista(family, y, jnp.asarray(reg, y.dtype), step, int(max_iter), (p, d, k))
+    if throw and not sol.success:
+        raise RuntimeError(f"group_lasso: {sol.message}")
+    return sol
 
 
 def _objective(family, y, reg, w):
@@ -260,4 +303,6 @@ def _fista(family, y, reg, step, max_iter: int, shape):
     w0 = jnp.zeros(shape, y.dtype)
     init = (w0, w0, jnp.asarray(1.0, y.dtype), _objective(family, y, reg, w0))
     (w, _, _, _), hist = jax.lax.scan(body, init, None, length=max_iter)
-    return GroupLassoSolution(w, hist, step, jnp.asarray(max_iter))
+    ok = jnp.all(jnp.isfinite(hist))
+    result = RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite)
+    return GroupLassoSolution(w, hist, step, jnp.asarray(max_iter), result)

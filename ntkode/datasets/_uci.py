@@ -66,7 +66,13 @@ def uci(
         raise ValueError(f"Unknown data set {name!r}; choose one of {list(_LOADERS)}.")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction}.")
-    import sklearn.datasets  # heavy: imported only when a data set is asked for
+    try:  # heavy: imported only when a data set is asked for
+        import sklearn.datasets
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "scikit-learn's bundled data sets need scikit-learn: install it with "
+            '`pip install "ntkode[studies]"` (or `pip install scikit-learn`).'
+        ) from err
 
     loader, task = _LOADERS[name]
     bunch = getattr(sklearn.datasets, loader)()

@@ -30,6 +30,7 @@ import optax
 
 from ..._core._data import Dataset
 from ..._core._records import write_json
+from ..._core._results import as_record
 from ..._gated._masked import MaskedKernels, ntk_weights
 from ..._gated._network import GatedReLU, gated_relu_ntk_infinite
 from ..._gated._solvers import MKLSolution, kernel_ridge, optimal_mkl
@@ -218,6 +219,7 @@ def mkl_compare(
         "objective_ratio": j_mkl / j_ntk,
         "mkl_gap": float(mkl_same.gap),
         "mkl_iterations": mkl_same.num_iterations,
+        "mkl_result": as_record(mkl_same.result),
         "mkl_history": [float(v) for v in mkl_same.objective],
         "mkl_support": int(jnp.sum(mkl_sol.eta > 1e-6 * jnp.max(mkl_sol.eta))),
         "ntk": scores(ntk_sol),
