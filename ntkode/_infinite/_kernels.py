@@ -213,11 +213,15 @@ class InfiniteMLP(eqx.Module):
         symmetric = x2 is x1
         return _kernels_jit(self, x1.astype(dtype), x2.astype(dtype), symmetric)
 
-    def nngp(self, x1, x2=None) -> Float[Array, "n1 n2"]:
+    def nngp(
+        self, x1: Float[Array, "n1 d"], x2: Float[Array, "n2 d"] | None = None
+    ) -> Float[Array, "n1 n2"]:
         """The NNGP kernel (covariance of the outputs at initialisation)."""
         return self(x1, x2).nngp
 
-    def ntk(self, x1, x2=None) -> Float[Array, "n1 n2"]:
+    def ntk(
+        self, x1: Float[Array, "n1 d"], x2: Float[Array, "n2 d"] | None = None
+    ) -> Float[Array, "n1 n2"]:
         """The infinite-width neural tangent kernel."""
         return self(x1, x2).ntk
 
