@@ -37,6 +37,17 @@ def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | st
     return JacobianNTK() if implementation == "jacobian" else NTVPNTK()
 
 
+def engine_implementation(implementation: Any, trace: bool, where: str) -> AbstractNTKImplementation:
+    """The implementation object for a caller of the engine's features (not `"reference"`)."""
+    impl = _resolve(implementation, trace)
+    if isinstance(impl, str):
+        raise ValueError(
+            f"{where} uses the NTK engine's features, which implementation='reference' does not "
+            "have; choose 'auto', 'structured', 'jacobian' or 'ntvp'."
+        )
+    return impl
+
+
 def ntk(
     model: Any,
     x1: Float[Array, "n1 ..."],
