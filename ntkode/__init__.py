@@ -71,11 +71,11 @@ from ._ntk import (
     ntk_operator as ntk_operator,
     ntk_vp as ntk_vp,
 )
+from ._path._kernel import AbstractPathMethod as AbstractPathMethod, PathKernel as PathKernel
 from ._path._machines import (
     KernelComparison as KernelComparison,
     compare_kernels as compare_kernels,
 )
-from ._path._kernel import AbstractPathMethod as AbstractPathMethod, PathKernel as PathKernel
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
 from ._scheduled._certify import Certificate as Certificate, certify as certify

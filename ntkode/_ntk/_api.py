@@ -37,7 +37,9 @@ def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | st
     return JacobianNTK() if implementation == "jacobian" else NTVPNTK()
 
 
-def engine_implementation(implementation: Any, trace: bool, where: str) -> AbstractNTKImplementation:
+def engine_implementation(
+    implementation: Any, trace: bool, where: str
+) -> AbstractNTKImplementation:
     """The implementation object for a caller of the engine's features (not `"reference"`)."""
     impl = _resolve(implementation, trace)
     if isinstance(impl, str):

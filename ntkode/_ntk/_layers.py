@@ -17,7 +17,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 
 class AbstractDense(eqx.Module):
@@ -37,7 +37,10 @@ class AbstractDense(eqx.Module):
     def scales(self) -> tuple[float, float]:
         """The multipliers $(s_w, s_b)$ of $W a$ and $b$ (Python numbers, not trained)."""
 
-    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+    def __call__(
+        self, x: Float[Array, " in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " out"]:
+        del key  # deterministic; accepted like equinox's layers (e.g. in eqx.nn.Sequential)
         sw, sb = self.scales
         z = sw * (self.weight @ x)
         return z if self.bias is None else z + sb * self.bias

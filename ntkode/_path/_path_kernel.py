@@ -64,7 +64,7 @@ def path_kernel(
     | AbstractNTKImplementation = "auto",
     throw: bool = False,
 ) -> PathKernel:
-    r"""Domingos' path kernel of `problem`'s training run, between `queries` and the training inputs.
+    r"""Domingos' path kernel of `problem`'s training run, between `queries` and training inputs.
 
     Trains the model by `method` and accumulates $K(x_q, x_i) = \int \Theta_{\theta(t)}(x_q,
     x_i)\,dt$ and $W_i(x_q) = \int \Theta_{\theta(t)}(x_q, x_i)\nabla_{u_i}L\,dt$ along the way
