@@ -227,7 +227,7 @@ def test_dense_layer_kernel_in_closed_form():
 @pytest.mark.parametrize("impl", [nk.StructuredNTK(), nk.JacobianNTK(), nk.NTVPNTK()])
 def test_weight_outputs_contracts_the_kernel_with_output_weights(impl):
     # Σ_b Θ(x1, x2_j)_ab w_jb as one contraction against the one-output model w_j·f(x2_j):
-    # the loss-weighted rate of a path kernel.
+    # the loss-weighted rate of a path kernel (and the same with the weights on the rows).
     for name in ("multi_output", "cnn", "shared_weights", "custom"):
         build, shape, _ = MODELS[name]
         model = build()
@@ -235,16 +235,23 @@ def test_weight_outputs_contracts_the_kernel_with_output_weights(impl):
         x1 = jax.random.normal(_key(36), (5,) + shape)
         x2 = jax.random.normal(_key(37), (4,) + shape)
         ref = ntk_reference(model, x1, x2)
+        v = jax.random.normal(_key(39), (5, ref.shape[-1]))
         w = jax.random.normal(_key(38), (4, ref.shape[-1]))
 
         @eqx.filter_jit
-        def weighted(params, x1, x2, w):
+        def weighted(params, x1, x2, v, w):
             f1, f2 = impl.features(params, static, x1), impl.features(params, static, x2)
-            return impl.contract(params, static, f1, impl.weight_outputs(f2, w), False)
+            cols = impl.contract(params, static, f1, impl.weight_outputs(f2, w), False)
+            rows = impl.contract(params, static, impl.weight_outputs(f1, v), f2, False)
+            return cols, rows
 
-        out = weighted(params, x1, x2, w)
-        assert out.shape == ref.shape[:3] + (1,), name
-        _close(out[..., 0], jnp.einsum("ijab,jb->ija", ref, w))
+        cols, rows = weighted(params, x1, x2, v, w)
+        assert cols.shape == ref.shape[:3] + (1,) and rows.shape == ref.shape[:2] + (
+            1,
+            ref.shape[-1],
+        ), name
+        _close(cols[..., 0], jnp.einsum("ijab,jb->ija", ref, w))
+        _close(rows[:, :, 0], jnp.einsum("ijab,ia->ijb", ref, v))
 
 
 def test_symmetric_blocks_uneven_split():
