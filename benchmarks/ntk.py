@@ -75,12 +75,19 @@ def cnn(ch):
     return build
 
 
+def ntkode_mlp(d, width, depth):
+    # ntkode's own NTK-parameterised MLP (biases on): its layers are tapped as AbstractDense.
+    return lambda key: nk.MLP(d, 1, width, depth, "relu", key=key)
+
+
 # (name as printed by nt_bench.py, input shape for equinox (CHW for images), model, ns)
 CASES = [
     ("mlp 8-512-512-1", (8,), mlp(8, 512, 2), [256, 1024]),
     ("mlp 784-1024x3-1", (784,), mlp(784, 1024, 3), [256]),
     ("cnn 16x16x1 conv32x2 dense1", (1, 16, 16), cnn(32), [256]),
 ]
+# ntkode-only cases (no neural-tangents counterpart: their ratios print as "-").
+OWN_CASES = [("nk.MLP 8-512-512-1 ntk", (8,), ntkode_mlp(8, 512, 2), [256, 1024])]
 
 
 def time_ntkode(quick, cases):
@@ -180,8 +187,9 @@ def main():
         large(args.large)
         return
     print(f"devices: {jax.devices()}  cores: {os.cpu_count()}", flush=True)
-    cases = [c for c in CASES if args.cases is None or any(s in c[0] for s in args.cases)]
-    ours = time_ntkode(args.quick, cases)
+    chosen = lambda c: args.cases is None or any(s in c[0] for s in args.cases)
+    cases = [c for c in CASES if chosen(c)]
+    ours = time_ntkode(args.quick, cases + [c for c in OWN_CASES if chosen(c)])
     theirs = {} if args.quick else time_nt(args.nt_timeout, cases, args.cases)
     print(
         f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "

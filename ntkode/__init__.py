@@ -59,10 +59,11 @@ from ._infinite._activations import (
     Relu as Relu,
 )
 from ._infinite._kernels import InfiniteMLP as InfiniteMLP, Kernels as Kernels
-from ._infinite._mlp import MLP as MLP, mlp_ntk as mlp_ntk
+from ._infinite._mlp import MLP as MLP
 from ._infinite._predict import infinite_width_problem as infinite_width_problem
 from ._ntk import (
     NTVPNTK as NTVPNTK,
+    AbstractDense as AbstractDense,
     AbstractNTKImplementation as AbstractNTKImplementation,
     JacobianNTK as JacobianNTK,
     StructuredNTK as StructuredNTK,
@@ -70,15 +71,13 @@ from ._ntk import (
     ntk_operator as ntk_operator,
     ntk_vp as ntk_vp,
 )
+from ._path._kernel import AbstractPathMethod as AbstractPathMethod, PathKernel as PathKernel
 from ._path._machines import (
     KernelComparison as KernelComparison,
     compare_kernels as compare_kernels,
 )
-from ._path._path_kernel import (
-    PathKernel as PathKernel,
-    path_kernel as path_kernel,
-    path_kernel_gd as path_kernel_gd,
-)
+from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
+from ._path._path_kernel import path_kernel as path_kernel
 from ._scheduled._certify import Certificate as Certificate, certify as certify
 from ._scheduled._grid import KernelGrid as KernelGrid
 from ._scheduled._problem import ScheduledKernelProblem as ScheduledKernelProblem

@@ -172,22 +172,12 @@ def test_empirical_ntk_converges_at_rate_one_over_sqrt_width(parameterization):
         for s in range(3):
             net = nk.MLP(4, 1, w, 2, "relu", parameterization=parameterization,
                          key=jax.random.key(s))  # fmt: skip
-            # mlp_ntk equals nk.ntk (test_structured_mlp_ntk_equals_reference) and is faster.
-            e.append(_rel(nk.mlp_ntk(net, x)[:, :, 0, 0], net.infinite().ntk(x)))
+            e.append(_rel(nk.ntk(net, x)[:, :, 0, 0], net.infinite().ntk(x)))
         errs.append(np.mean(e))
     slope = np.polyfit(np.log(widths), np.log(errs), 1)[0]
     # Theory: -1/2 (fluctuations of a sum of `width` weakly dependent terms); three seeds leave
     # noise of about ±0.15 on the fitted slope.
     assert -0.8 < slope < -0.3, (errs, slope)
-
-
-def test_structured_mlp_ntk_equals_reference():
-    x = _x(7, 5)
-    for p, b in (("ntk", 0.3), ("standard", None)):
-        net = nk.MLP(5, 2, 16, 2, "tanh", b_std=b, out_b_std=b, parameterization=p,
-                     key=jax.random.key(1))  # fmt: skip
-        ref = nk.ntk(net, x, x[:3])
-        np.testing.assert_allclose(nk.mlp_ntk(net, x, x[:3]), ref, rtol=1e-11, atol=1e-12)
 
 
 # -- precision and blocking -----------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 
 import ntkode as nk
 from ntkode._core._model import partition
+from ntkode._infinite._mlp import Dense
 from ntkode._ntk import ntk_reference
 from ntkode._ntk._structured import _make_plan
 
@@ -90,6 +91,27 @@ class ListWeights(eqx.Module):
         return jnp.stack([sum(wi * xi for wi, xi in zip(self.w, x))])
 
 
+class TrainedScaleDense(nk.AbstractDense):
+    """A dense layer whose multiplier $s_w = e^{c}$ is itself trained: not a number the Gram
+    route can use, so this layer takes the local Jacobian route (and `c` the Jacobian one)."""
+
+    weight: jax.Array
+    bias: jax.Array | None
+    log_scale: jax.Array
+
+    @property
+    def scales(self):
+        return jnp.exp(self.log_scale), 1.0
+
+
+def _trained_scale(key):
+    k1, k2 = jax.random.split(key)
+    layer = TrainedScaleDense(
+        jax.random.normal(k1, (3, 4)), jax.random.normal(k2, (3,)), jnp.asarray(-0.3)
+    )
+    return eqx.nn.Sequential([layer, eqx.nn.Lambda(jnp.tanh), eqx.nn.Linear(3, 2, key=key)])
+
+
 def _cnn(key, dtype=None):
     k1, k2, k3 = jax.random.split(key, 3)
     return eqx.nn.Sequential(
@@ -120,6 +142,8 @@ MODELS = {
         (4,),
         False,
     ),
+    "ntkode_mlp": (lambda: nk.MLP(4, 3, 8, 2, "tanh", b_std=0.3, key=_key(9)), (4,), True),
+    "trained_scale": (lambda: _trained_scale(_key(23)), (4,), True),
 }
 
 
@@ -165,6 +189,69 @@ def test_blocking_matches_unblocked(impl):
         jnp.trace(ntk_reference(model, x1), 0, 2, 3),
     )
     _close(nk.ntk(model, x1, implementation=impl, block_size=10), ntk_reference(model, x1))
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+@pytest.mark.parametrize("bias", [0.3, None])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_engine_on_ntkode_mlp(parameterization, bias, outputs):
+    # ntkode's own MLP (s_w = σ_w/√n_in, s_b = σ_b in the NTK parameterisation) is tapped
+    # through its AbstractDense layers: every layer takes the Gram route, with its scales.
+    net = nk.MLP(5, outputs, 16, 2, "tanh", W_std=1.3, b_std=bias, out_b_std=bias,
+                 parameterization=parameterization, key=_key(30))  # fmt: skip
+    params, static = partition(net)
+    plan = _make_plan(params, static, jax.ShapeDtypeStruct((5,), jnp.float64), False)
+    # Hidden layers take the Gram route; a one-output readout's Jacobian is as cheap (the
+    # cost model's choice), and either route carries the scales.
+    assert plan is not None and all(s is not None for s in plan.scales[:-1])
+    if parameterization == "ntk":
+        assert plan.scales[0] == pytest.approx((1.3 / 5**0.5, bias or 0.0))
+    x1 = jax.random.normal(_key(31), (7, 5))
+    x2 = jax.random.normal(_key(32), (3, 5))
+    _close(nk.ntk(net, x1, x2), ntk_reference(net, x1, x2), rtol=1e-12)
+    _close(nk.ntk(net, x1, trace=True), jnp.trace(ntk_reference(net, x1), 0, 2, 3), rtol=1e-12)
+
+
+def test_dense_layer_kernel_in_closed_form():
+    # One NTK-parameterised layer f(x) = s_w W x + s_b b is linear in its weights:
+    # Θ(x, x') = (s_w² x·x' + s_b²) I_k exactly, whatever W and b are.
+    layer = Dense(6, 2, 1.7, 0.4, "ntk", key=_key(33))
+    sw, sb = layer.scales
+    assert (sw, sb) == pytest.approx((1.7 / 6**0.5, 0.4))
+    x1 = jax.random.normal(_key(34), (5, 6))
+    x2 = jax.random.normal(_key(35), (4, 6))
+    expect = (sw**2 * x1 @ x2.T + sb**2)[:, :, None, None] * jnp.eye(2)
+    _close(nk.ntk(layer, x1, x2), expect, rtol=1e-13)
+
+
+@pytest.mark.parametrize("impl", [nk.StructuredNTK(), nk.JacobianNTK(), nk.NTVPNTK()])
+def test_weight_outputs_contracts_the_kernel_with_output_weights(impl):
+    # Σ_b Θ(x1, x2_j)_ab w_jb as one contraction against the one-output model w_j·f(x2_j):
+    # the loss-weighted rate of a path kernel (and the same with the weights on the rows).
+    for name in ("multi_output", "cnn", "shared_weights", "custom"):
+        build, shape, _ = MODELS[name]
+        model = build()
+        params, static = partition(model)
+        x1 = jax.random.normal(_key(36), (5,) + shape)
+        x2 = jax.random.normal(_key(37), (4,) + shape)
+        ref = ntk_reference(model, x1, x2)
+        v = jax.random.normal(_key(39), (5, ref.shape[-1]))
+        w = jax.random.normal(_key(38), (4, ref.shape[-1]))
+
+        @eqx.filter_jit
+        def weighted(params, x1, x2, v, w):
+            f1, f2 = impl.features(params, static, x1), impl.features(params, static, x2)
+            cols = impl.contract(params, static, f1, impl.weight_outputs(f2, w), False)
+            rows = impl.contract(params, static, impl.weight_outputs(f1, v), f2, False)
+            return cols, rows
+
+        cols, rows = weighted(params, x1, x2, v, w)
+        assert cols.shape == ref.shape[:3] + (1,) and rows.shape == ref.shape[:2] + (
+            1,
+            ref.shape[-1],
+        ), name
+        _close(cols[..., 0], jnp.einsum("ijab,jb->ija", ref, w))
+        _close(rows[:, :, 0], jnp.einsum("ijab,ia->ijb", ref, v))
 
 
 def test_symmetric_blocks_uneven_split():

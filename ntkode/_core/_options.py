@@ -1,6 +1,6 @@
 """`SolveOptions`: how to solve, declared once for every entry point that runs a diffrax solve.
 
-[`ntkode.solve`][], [`ntkode.timed_solve`][], [`ntkode.path_kernel`][] and
+[`ntkode.solve`][], [`ntkode.timed_solve`][], [`ntkode.PathFlow`][] and
 [`ntkode.tune_grid`][] all take these options, either as keywords (`rtol=1e-6`) or as one
 `options=SolveOptions(...)` object (keywords then override its fields).
 """

@@ -1,4 +1,4 @@
-r"""Fully connected networks in the NTK or the standard parameterisation, and their fast NTK.
+r"""Fully connected networks in the NTK or the standard parameterisation.
 
 Both parameterisations draw the same function at initialisation; they differ in what the
 trainable parameters are, hence in the NTK:
@@ -8,23 +8,26 @@ trainable parameters are, hence in the NTK:
 - `"standard"`: $z = W x + b$ with $W \sim \mathcal N(0, \sigma_w^2/n_\text{in})$,
   $b \sim \mathcal N(0, \sigma_b^2)$: the NTK grows linearly with the width.
 
-[`ntkode.MLP.infinite`][] returns the matching [`ntkode.InfiniteMLP`][].
+[`ntkode.MLP.infinite`][] returns the matching [`ntkode.InfiniteMLP`][]. The layers declare
+themselves [`ntkode.AbstractDense`][] with multipliers $(s_w, s_b)$, so [`ntkode.ntk`][] forms
+their kernel from per-layer Gram products $(s_w^2\, a\cdot a' + s_b^2)(B\cdot B')$.
 """
 
+from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._core._model import num_outputs
+from .._ntk._layers import AbstractDense
 from ._activations import AbstractActivation, as_activation
 from ._kernels import InfiniteMLP, _check_std
 
 
-class Dense(eqx.Module):
+class Dense(AbstractDense):
     """One affine layer in the NTK or standard parameterisation (see the module docstring)."""
 
     weight: Float[Array, "out in"]
@@ -33,7 +36,17 @@ class Dense(eqx.Module):
     b_std: float | None = eqx.field(static=True)
     parameterization: str = eqx.field(static=True)
 
-    def __init__(self, in_size, out_size, W_std, b_std, parameterization, *, key, dtype=None):
+    def __init__(
+        self,
+        in_size: int,
+        out_size: int,
+        W_std: float,
+        b_std: float | None,
+        parameterization: Literal["ntk", "standard"],
+        *,
+        key: PRNGKeyArray,
+        dtype: jnp.dtype | None = None,
+    ):
         dtype = jnp.result_type(float) if dtype is None else dtype
         kw, kb = jax.random.split(key)
         w = jax.random.normal(kw, (out_size, in_size), dtype)
@@ -51,11 +64,6 @@ class Dense(eqx.Module):
             # Python floats are weakly typed: a float32 network stays float32 under x64.
             return float(self.W_std / np.sqrt(self.weight.shape[1])), float(self.b_std or 0.0)
         return 1.0, 1.0
-
-    def __call__(self, x):
-        sw, sb = self.scales
-        z = sw * (self.weight @ x)
-        return z if self.bias is None else z + sb * self.bias
 
 
 class MLP(eqx.Module):
@@ -90,15 +98,15 @@ class MLP(eqx.Module):
         out_size: int,
         width: int,
         depth: int,
-        activation="relu",
+        activation: str | Callable[[Array], Array] | AbstractActivation = "relu",
         W_std: float = 2.0**0.5,
         b_std: float | None = 0.1,
         out_W_std: float = 1.0,
         out_b_std: float | None = 0.1,
         parameterization: Literal["ntk", "standard"] = "ntk",
         *,
-        key,
-        dtype=None,
+        key: PRNGKeyArray,
+        dtype: jnp.dtype | None = None,
     ):
         # Validate through the infinite-width spec, which owns the checks and messages.
         InfiniteMLP(depth, activation, W_std, b_std, out_W_std, out_b_std, parameterization,
@@ -153,48 +161,3 @@ class MLP(eqx.Module):
             in_size=self.in_size,
             **kwargs,
         )
-
-
-def _forward_parts(model: MLP, x, eps):
-    """Outputs of one example with perturbations `eps[l]` added to each pre-activation."""
-    hs = [x]
-    for layer, e in zip(model.layers[:-1], eps[:-1], strict=True):
-        x = model.activation(layer(x) + e)
-        hs.append(x)
-    return model.layers[-1](x) + eps[-1], hs
-
-
-@eqx.filter_jit
-def mlp_ntk(
-    model: MLP, x1: Float[Array, "n1 d"], x2: Float[Array, "n2 d"] | None = None
-) -> Float[Array, "n1 n2 k k"]:
-    r"""Empirical NTK of an [`ntkode.MLP`][] from its layer structure (no per-parameter Jacobians).
-
-    For a dense layer $z = s_w W h + s_b b$, the parameter gradients factor into the layer's
-    input $h$ and the back-propagated signal $\delta = \partial f/\partial z$, so
-    $\Theta_{ab}(x, x') = \sum_l \big(s_w^2\, h_{l}\cdot h'_{l} + s_b^2\big)\,
-    \delta^a_l\cdot\delta'^b_l$: $O(n^2 \cdot \text{width})$ per layer instead of
-    $O(n^2 \cdot \#\text{params})$. Equal to [`ntkode.ntk`][] (tested).
-    """
-
-    def parts(x):
-        zeros = [jnp.zeros(layer.weight.shape[0], x.dtype) for layer in model.layers]
-        f = lambda eps: _forward_parts(model, x, eps)
-        deltas, hs = jax.jacrev(f, has_aux=True)(zeros)  # deltas[l]: (k, width_l)
-        return hs, deltas
-
-    h1, d1 = jax.vmap(parts)(x1)
-    h2, d2 = (h1, d1) if x2 is None else jax.vmap(parts)(x2)
-    terms = []
-    for layer, a1, a2, b1, b2 in zip(model.layers, h1, h2, d1, d2, strict=True):
-        sw, sb = layer.scales
-        gram = sw * sw * (a1 @ a2.T)
-        if layer.bias is not None:
-            gram = gram + sb * sb
-        terms.append(gram[:, :, None, None] * jnp.einsum("iap,jbp->ijab", b1, b2))
-    return jnp.sum(jnp.stack(terms), axis=0)
-
-
-def check_inputs(model: MLP, x, name: str = "x") -> None:
-    """The model accepts `x` (raises a clear error otherwise)."""
-    num_outputs(model, jnp.asarray(x), name)

@@ -37,6 +37,19 @@ def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | st
     return JacobianNTK() if implementation == "jacobian" else NTVPNTK()
 
 
+def engine_implementation(
+    implementation: Any, trace: bool, where: str
+) -> AbstractNTKImplementation:
+    """The implementation object for a caller of the engine's features (not `"reference"`)."""
+    impl = _resolve(implementation, trace)
+    if isinstance(impl, str):
+        raise ValueError(
+            f"{where} uses the NTK engine's features, which implementation='reference' does not "
+            "have; choose 'auto', 'structured', 'jacobian' or 'ntvp'."
+        )
+    return impl
+
+
 def ntk(
     model: Any,
     x1: Float[Array, "n1 ..."],
@@ -59,9 +72,11 @@ def ntk(
     - `implementation`:
         - `"auto"` (default): the fastest applicable, which is `"structured"` (it falls
           back to `"jacobian"` by itself where it does not apply);
-        - `"structured"`: per-layer Gram products $(A A^\top + 1) \circ (B B^\top)$ for
-          `eqx.nn.Linear` and local Jacobians for `eqx.nn.Conv` layers, Jacobian contraction
-          for any other parameters; models it cannot tap fall back to `"jacobian"`;
+        - `"structured"`: per-layer Gram products $(s_w^2 A A^\top + s_b^2) \circ (B B^\top)$
+          for dense layers (`eqx.nn.Linear`, and every [`ntkode.AbstractDense`][] such as
+          the layers of [`ntkode.MLP`][]) and local Jacobians for `eqx.nn.Conv` layers,
+          Jacobian contraction for any other parameters; models it cannot tap fall back to
+          `"jacobian"`;
         - `"jacobian"`: per-example Jacobians, contracted (any model);
         - `"ntvp"`: `jvp`s of per-example `vjp`s (any model; for few examples and very
           many parameters);

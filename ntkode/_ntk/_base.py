@@ -1,8 +1,15 @@
-"""The interface every NTK implementation follows: per-example features, then a contraction.
+r"""The interface every NTK implementation follows: per-example features, then a contraction.
 
 Splitting a kernel into `features(x)` (computed once per example) and `contract(f1, f2)`
 (computed once per pair) is what lets one blocking and sharding engine serve every
 implementation: blocks of rows and columns only ever need the features of their own examples.
+
+A third operation, `weight_outputs(f, w)`, turns the features of the model into those of the
+one-output model $x_i \mapsto w_i \cdot f(x_i)$ with per-example output weights $w_i$, so that
+$\sum_b \Theta(x, x_i)_{ab}\, w_{ib} = \nabla_\theta f_a(x)\cdot\nabla_\theta(w_i\cdot f(x_i))$
+is one contraction with one output on the right, never a `(n1, n2, k, k)` kernel times `w`:
+what a path kernel's loss-weighted integral $\int \Theta\,\nabla_u L\,dt$ needs at every step
+(Domingos 2020).
 """
 
 import abc
@@ -18,12 +25,26 @@ from jaxtyping import Array, Float, PyTree
 class AbstractNTKImplementation(eqx.Module):
     """A way of computing the empirical NTK, as features of examples and their contraction.
 
-    Subclasses implement `features` and `contract`; both run inside `jit` on batches.
+    Subclasses implement `features`, `weight_outputs` and `contract`; all run inside `jit` on
+    batches. They also declare `contract_uses_params`: `False` when the features hold all
+    the contraction needs, so that features taken at two different sets of weights can be
+    contracted (as a gradient-descent path kernel does); `True` when `contract` recomputes
+    both sides at the weights it is given.
     """
+
+    contract_uses_params: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
     def features(self, params: PyTree[Array], static: Any, x: Float[Array, "b ..."]) -> Any:
         """Per-example quantities for a batch `x` (leading axis = examples)."""
+
+    @abc.abstractmethod
+    def weight_outputs(self, features: Any, weights: Float[Array, "b k"]) -> Any:
+        """Features of the one-output model $x_i \\mapsto w_i \\cdot f(x_i)$.
+
+        `contract(f1, weight_outputs(f2, w), trace=False)[..., 0]` is
+        $\\sum_b \\Theta(x_1, x_2)_{ab}\\, w_b$, shape `(b1, b2, k)`.
+        """
 
     @abc.abstractmethod
     def contract(
@@ -81,3 +102,10 @@ def contract_jacobians(
         out = term if out is None else out + term
     assert out is not None, "a model with no parameters has no NTK"
     return out
+
+
+def weight_jacobians(
+    jacobians: list[Float[Array, "n k p"]], weights: Float[Array, "n k"]
+) -> list[Float[Array, "n 1 p"]]:
+    r"""Jacobian leaves of the one-output model $w_i \cdot f(x_i)$: $\sum_a w_{ia} J_{i,a}$."""
+    return [jnp.einsum("nkp,nk->np", j, weights)[:, None] for j in jacobians]

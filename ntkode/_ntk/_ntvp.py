@@ -30,22 +30,40 @@ def _batch_fn(static: Any, x: Array):
 
 
 class NTVPNTK(AbstractNTKImplementation):
-    """Kernel columns from `jvp`s of per-example `vjp`s; applies to every model."""
+    """Kernel columns from `jvp`s of per-example `vjp`s; applies to every model.
+
+    Features are `(x, w)`: the inputs themselves (all the work happens per pair of batches)
+    and the output weights of `weight_outputs` (`None`: every output, unweighted).
+    """
+
+    contract_uses_params = True
 
     def features(self, params, static, x):
-        return x  # all the work happens per pair of batches
+        return x, None
+
+    def weight_outputs(self, features, weights):
+        x, w = features
+        # (b, 1, k): the cotangent that pulls back w_i · f(x_i), one per example.
+        w = weights[:, None] if w is None else jnp.einsum("bmk,bm->bk", w, weights)[:, None]
+        return x, w
 
     def contract(self, params, static, f1, f2, trace):
-        _, jvp1 = jax.linearize(_batch_fn(static, f1), params)
+        (x1, w1), (x2, w2) = f1, f2
+        _, jvp1 = jax.linearize(_batch_fn(static, x1), params)
 
-        def column(x2j):
+        def column(x2j, cot):
             out, vjp = jax.vjp(lambda p: apply_one(eqx.combine(p, static), x2j), params)
-            eye = jnp.eye(out.shape[0], dtype=out.dtype)
-            grads = jax.vmap(lambda e: vjp(e)[0])(eye)  # (k_b, params...)
-            return jax.vmap(jvp1)(grads)  # (k_b, n1, k_a)
+            cot = jnp.eye(out.shape[0], dtype=out.dtype) if cot is None else cot
+            grads = jax.vmap(lambda e: vjp(e)[0])(cot)  # (m_b, params...)
+            return jax.vmap(jvp1)(grads)  # (m_b, n1, k_a)
 
-        cols = jax.vmap(column)(f2)  # (n2, k_b, n1, k_a)
+        if w2 is None:
+            cols = jax.vmap(lambda xj: column(xj, None))(x2)
+        else:
+            cols = jax.vmap(column)(x2, w2)  # (n2, m_b, n1, k_a)
         k = jnp.transpose(cols, (2, 0, 3, 1))
+        if w1 is not None:
+            k = jnp.einsum("ijab,ima->ijmb", k, w1)
         return jnp.trace(k, axis1=2, axis2=3) if trace else k
 
 

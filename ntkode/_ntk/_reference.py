@@ -9,22 +9,12 @@ fast engine is tested against.
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._core._model import apply_one, num_outputs, partition
-
-
-def _per_example_jacobian(params, static, x):
-    """Leaves of shape `(n, k, P_leaf)`."""
-    f = lambda p, xi: apply_one(eqx.combine(p, static), xi)
-    jac = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(params, x)
-    return [j.reshape(j.shape[0], j.shape[1], -1) for j in jax.tree.leaves(jac)]
-
-
-def _contract(j1, j2):
-    return sum(jnp.einsum("iap,jbp->ijab", a, b) for a, b in zip(j1, j2, strict=True))
+from .._core._model import num_outputs, partition
+from ._base import contract_jacobians
+from ._jacobian import per_example_jacobian
 
 
 def ntk_reference(
@@ -44,9 +34,9 @@ def ntk_reference(
 
 
 def _reference_impl(params, static, x1, x2):
-    j1 = _per_example_jacobian(params, static, x1)
-    j2 = j1 if x2 is None else _per_example_jacobian(params, static, x2)
-    return _contract(j1, j2)
+    j1 = per_example_jacobian(params, static, x1)
+    j2 = j1 if x2 is None else per_example_jacobian(params, static, x2)
+    return contract_jacobians(j1, j2, trace=False)
 
 
 _reference_jit = eqx.filter_jit(_reference_impl)

@@ -6,17 +6,21 @@ $\hat f(x) = f(\theta_0, x) + K(x, X)\,(K(X, X) + \lambda I)^{-1}\,(Y - f(\theta
 2019), compared with the trained network on held-out inputs.
 """
 
-from typing import Any, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, Float
 
 from .._core._gradient_flow import GradientFlowProblem
 from .._core._model import apply
 from .._core._regression import kernel_regression
 from .._core._results import is_successful, message
-from ._path_kernel import PathKernel, jacobian, path_kernel, path_kernel_gd, tangent_kernel
+from .._ntk._api import ntk
+from .._ntk._base import AbstractNTKImplementation
+from ._kernel import AbstractPathMethod, PathKernel
+from ._methods import PathFlow
+from ._path_kernel import path_kernel
 
 
 class KernelComparison(eqx.Module):
@@ -29,15 +33,15 @@ class KernelComparison(eqx.Module):
     inputs. `errors()` summarises.
     """
 
-    y_test: Array
-    network: Array
-    ntk_init: Array
-    ntk_final: Array
-    path: Array
-    train: dict[str, Array]
+    y_test: Float[Array, "m k"]
+    network: Float[Array, "m k"]
+    ntk_init: Float[Array, "m k"]
+    ntk_final: Float[Array, "m k"]
+    path: Float[Array, "m k"]
+    train: dict[str, Float[Array, "n k"]]
     path_kernel: PathKernel
 
-    def predictions(self) -> dict[str, Array]:
+    def predictions(self) -> dict[str, Float[Array, "m k"]]:
         """Test predictions by name: `network`, `ntk_init`, `ntk_final`, `path`."""
         return {
             "network": self.network,
@@ -61,49 +65,37 @@ class KernelComparison(eqx.Module):
 
 def compare_kernels(
     problem: GradientFlowProblem,
+    method: AbstractPathMethod = PathFlow(),
     *,
-    method: Literal["flow", "gd"] = "flow",
-    steps: int | None = None,
-    nodes: int = 4,
     trace: bool = False,
     ridge: float = 1e-8,
-    stride: int = 1,
-    progress: bool = False,
-    **solve_kwargs: Any,
+    implementation: Literal["auto", "structured", "jacobian", "ntvp"]
+    | AbstractNTKImplementation = "auto",
 ) -> KernelComparison:
     """Train `problem`'s network, then compare it with kernel regression by three kernels.
 
-    Runs [`ntkode.path_kernel`][] (`method="flow"`, extra keywords go to it) or
-    [`ntkode.path_kernel_gd`][] (`method="gd"`, with `steps` and `nodes`) on the training
-    inputs followed by the test inputs, takes the NTKs at the first and last weights, and
-    fits [`ntkode.kernel_regression`][] with each kernel from the network at initialisation.
+    Runs [`ntkode.path_kernel`][] with `method` on the training inputs followed by the test
+    inputs, takes the NTKs at the first and last weights ([`ntkode.ntk`][]), and fits
+    [`ntkode.kernel_regression`][] with each kernel from the network at initialisation.
 
     **Arguments:**
 
     - `problem`: a [`ntkode.GradientFlowProblem`][] whose data has a test split.
-    - `method`, `steps`, `nodes`, `stride`: which training run (gradient flow or gradient descent).
+    - `method`: the training run, [`ntkode.PathFlow`][] (default) or
+      [`ntkode.PathGradientDescent`][], with its options.
     - `trace`: use kernels traced over outputs (one kernel shared by all outputs); needed
       when there are many outputs per example (images).
     - `ridge`: relative ridge of the kernel regressions.
-    - `stride`: see [`ntkode.path_kernel_gd`][] (`method="gd"`; 1 = exact).
-    - `progress`: print gradient-descent progress (`method="gd"`).
+    - `implementation`: the NTK implementation, as in [`ntkode.ntk`][].
 
-    **Returns:** a [`ntkode.KernelComparison`][].
+    **Returns:** a [`ntkode.KernelComparison`][]. Raises `RuntimeError` with the result's
+    sentence if the training run failed.
     """
     data = problem.data
     if data.n_test == 0:
         raise ValueError("compare_kernels needs a test split: build the Dataset with x_test.")
     queries = jnp.concatenate([data.x_train, data.x_test])
-    if method == "flow":
-        pk = path_kernel(problem, queries, trace=trace, **solve_kwargs)
-    elif method == "gd":
-        if solve_kwargs:
-            raise TypeError(f"method='gd' takes no solver options, got {sorted(solve_kwargs)}.")
-        pk = path_kernel_gd(
-            problem, queries, steps, nodes=nodes, trace=trace, stride=stride, progress=progress
-        )
-    else:
-        raise ValueError(f"`method` must be 'flow' or 'gd', got {method!r}.")
+    pk = path_kernel(problem, queries, method, trace=trace, implementation=implementation)
     if not is_successful(pk.result):
         raise RuntimeError(
             f"The training run behind the path kernel failed: {message(pk.result)} "
@@ -113,8 +105,7 @@ def compare_kernels(
     b = pk.bias
     preds = {}
     for name, model in (("ntk_init", problem.model), ("ntk_final", pk.model)):
-        j = jacobian(model, queries)
-        kern = tangent_kernel(j, j[:n], trace)
+        kern = ntk(model, queries, data.x_train, implementation=implementation, trace=trace)
         preds[name] = _fit(kern, n, data.y_train, b, ridge)
     preds["path"] = _fit(pk.kernel, n, data.y_train, b, ridge)
     net = apply(pk.model, data.x_test)

@@ -2,7 +2,7 @@ r"""The closure study: does a small CNN trained on Jordan curves act like its ke
 
 A small dilated CNN is trained by full-batch gradient descent on 16×16 closure images
 (ntkode.datasets.closure); along the run the exact per-step path kernel is accumulated
-([`ntkode.path_kernel_gd`][]), and three kernel machines (NTK at initialisation, NTK at the
+([`ntkode.PathGradientDescent`][]), and three kernel machines (NTK at initialisation, NTK at the
 end, path kernel; [`ntkode.compare_kernels`][]) predict the insides of held-out curves.
 Per-pixel IoU of the four predictors, the Domingos reconstruction residual, a table, a
 figure of example predictions and `results.json` come out.
@@ -28,6 +28,7 @@ from ..._core._losses import mse
 from ..._core._model import num_params
 from ..._core._records import write_json
 from ..._path._machines import compare_kernels
+from ..._path._methods import PathGradientDescent
 from ..._plot import pyplot
 from ...datasets._closure import closure
 
@@ -111,7 +112,7 @@ def closure_study(
     - `steps`, `learning_rate`: full-batch gradient descent on the mean-MSE loss.
     - `width`: channels of the [`ClosureCNN`][].
     - `nodes`, `stride`: Gauss–Legendre nodes per integrated step, and integrate one step
-      in `stride` (see [`ntkode.path_kernel_gd`][]). The default `stride=1, nodes=1`
+      in `stride` (see [`ntkode.PathGradientDescent`][]). The default `stride=1, nodes=1`
       (segment midpoints) reconstructs the network to about 1e-6; `nodes≥4` is exact to
       rounding. Either way every step costs a Jacobian of every image, about 40 ms per
       16×16 image on one core. Do not raise `stride` at learning rates near the edge of
@@ -152,10 +153,8 @@ def closure_study(
         model, data, loss=mse, tspan=(0.0, float(steps)), learning_rate=learning_rate
     )
     t0 = time.perf_counter()
-    comp = compare_kernels(
-        problem, method="gd", steps=int(steps), nodes=nodes, stride=stride, trace=True,
-        ridge=ridge, progress=progress,
-    )  # fmt: skip
+    method = PathGradientDescent(int(steps), nodes, stride, progress=progress)
+    comp = compare_kernels(problem, method, trace=True, ridge=ridge)
     results["timings"]["train_and_kernels_s"] = time.perf_counter() - t0
     pk = comp.path_kernel
     results["path_kernel_residual"] = float(pk.residual)

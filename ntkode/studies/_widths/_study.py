@@ -39,7 +39,8 @@ from ..._core._model import apply
 from ..._core._records import write_json
 from ..._core._regression import kernel_regression
 from ..._core._solve import solve
-from ..._infinite._mlp import MLP, mlp_ntk
+from ..._infinite._mlp import MLP
+from ..._ntk._api import ntk
 from ..._plot import pyplot
 from ...datasets import sine
 
@@ -81,7 +82,7 @@ def width_run(
     start = time.perf_counter()
     spec = model.infinite()
     k_inf, ks_inf = spec.ntk(x), spec.ntk(xs, x)
-    k0, ks0 = mlp_ntk(model, x)[:, :, 0, 0], mlp_ntk(model, xs, x)[:, :, 0, 0]
+    k0, ks0 = ntk(model, x)[:, :, 0, 0], ntk(model, xs, x)[:, :, 0, 0]
     lr = float(n / np.linalg.eigvalsh(np.asarray(k_inf, np.float64)).max())
     u0, us0 = apply(model, x), apply(model, xs)
     ts = jnp.linspace(0.0, t_end, n_save, dtype=dtype)
@@ -89,7 +90,7 @@ def width_run(
     sol = solve(problem, saveat=ts, rtol=rtol, atol=atol, save_weights=True)
     last = jax.tree.map(lambda w: w[-1], sol.weights)
     model_t = eqx.combine(last, eqx.partition(model, eqx.is_inexact_array)[1])
-    k_t = mlp_ntk(model_t, x)[:, :, 0, 0]
+    k_t = ntk(model_t, x)[:, :, 0, 0]
     frozen = kernel_regression(k0, ks0, y, ts, learning_rate=lr, u0_train=u0, u0_test=us0)
     limit = kernel_regression(k_inf, ks_inf, y, t_end, learning_rate=lr, u0_train=u0, u0_test=us0)
     mean = kernel_regression(k_inf, ks_inf, y, t_end, learning_rate=lr)

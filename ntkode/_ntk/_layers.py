@@ -1,0 +1,148 @@
+r"""The layers the structured NTK understands, and their per-example weight derivatives.
+
+A dense layer $y = s_w\,W a + s_b\,b$ (multipliers $s_w$, $s_b$: `(1, 1)` for
+`eqx.nn.Linear`, $(\sigma_w/\sqrt{n_\text{in}}, \sigma_b)$ for an NTK-parameterised layer,
+Jacot et al. 2018) has $\partial f/\partial W = s_w\, B \otimes a$ and
+$\partial f/\partial b = s_b\, B$ with back-propagated signal $B = \partial f/\partial y$, so
+its NTK term is $(s_w^2\, a\cdot a' + s_b^2)\,(B\cdot B')$: the Gram route of
+[`ntkode.StructuredNTK`][]. A layer takes that route when it is an `eqx.nn.Linear` or
+declares itself an [`ntkode.AbstractDense`][]; convolutions (`eqx.nn.Conv`) are tapped too,
+and their per-example weight gradients are built locally from `(a, B)`.
+"""
+
+import abc
+import itertools
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+class AbstractDense(eqx.Module):
+    r"""A dense layer $y = s_w\, W a + s_b\, b$, declared so that the structured NTK can tap it.
+
+    Subclasses provide `weight` `(out, in)`, `bias` `(out,)` or `None`, and the multipliers
+    `scales` $= (s_w, s_b)$ as Python numbers; the forward pass is this class's own
+    `__call__`, so the identity the structured NTK relies on,
+    $\Theta_{W,b}(x, x') = (s_w^2\, a\cdot a' + s_b^2)\,(B\cdot B')$, holds by construction.
+    """
+
+    weight: eqx.AbstractVar[Float[Array, "out in"]]
+    bias: eqx.AbstractVar[Float[Array, " out"] | None]
+
+    @property
+    @abc.abstractmethod
+    def scales(self) -> tuple[float, float]:
+        """The multipliers $(s_w, s_b)$ of $W a$ and $b$ (Python numbers, not trained)."""
+
+    def __call__(
+        self, x: Float[Array, " in"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " out"]:
+        del key  # deterministic; accepted like equinox's layers (e.g. in eqx.nn.Sequential)
+        sw, sb = self.scales
+        z = sw * (self.weight @ x)
+        return z if self.bias is None else z + sb * self.bias
+
+
+def is_tappable(v: Any) -> bool:
+    """A layer the structured NTK replaces by a tap: dense (`Linear`, `AbstractDense`) or `Conv`."""
+    if isinstance(v, eqx.nn.Linear | AbstractDense):
+        return eqx.is_inexact_array(v.weight) and v.weight.ndim == 2
+    if isinstance(v, eqx.nn.Conv):
+        return eqx.is_inexact_array(v.weight) and v.weight.ndim == v.num_spatial_dims + 2
+    return False
+
+
+def dense_scales(layer: Any) -> tuple[float, float] | None:
+    """$(s_w, s_b)$ of a dense layer, `None` for other layers (they take a Jacobian route).
+
+    Multipliers that are not concrete numbers (say, trained scales) also give `None`: the
+    layer's own `vjp` (the local Jacobian route) is exact whatever its forward pass is.
+    """
+    if isinstance(layer, eqx.nn.Linear):
+        return 1.0, 1.0
+    if isinstance(layer, AbstractDense):
+        try:
+            sw, sb = layer.scales
+            return float(sw), float(sb)
+        except TypeError:  # a tracer (jax's ConcretizationTypeError is a TypeError)
+            return None
+    return None
+
+
+def fill(layer: Any, weight: Any, bias: Any) -> Any:
+    """`layer` with its weight and bias replaced (`None`s punch holes for a tap)."""
+    return eqx.tree_at(
+        lambda m: (m.weight, m.bias), layer, (weight, bias), is_leaf=lambda v: v is None
+    )
+
+
+def _patch_views(layer, x):
+    """For each kernel offset, the input values it multiplies: `(in, positions)` arrays.
+
+    Strided slices of the zero-padded input; together they are the im2col patches, without
+    stacking them into one array (XLA:CPU's `conv_general_dilated_patches`, a convolution
+    with a one-hot kernel, is several times slower still).
+    """
+    spatial = x.shape[1:]
+    window = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation, strict=True)]
+    pads = layer.padding
+    if isinstance(pads, str):
+        pads = jax.lax.padtype_to_pads(spatial, window, layer.stride, pads)
+    xp = jnp.pad(x, [(0, 0)] + [tuple(p) for p in pads])
+    out = [
+        (s + lo + hi - w) // st + 1
+        for s, (lo, hi), w, st in zip(spatial, pads, window, layer.stride, strict=True)
+    ]
+    for offset in itertools.product(*[range(k) for k in layer.kernel_size]):
+        start = [0] + [o * d for o, d in zip(offset, layer.dilation, strict=True)]
+        limit = [x.shape[0]] + [
+            b + (n - 1) * st + 1 for b, n, st in zip(start[1:], out, layer.stride, strict=True)
+        ]
+        view = jax.lax.slice(xp, start, limit, [1] + list(layer.stride))
+        yield view.reshape(x.shape[0], -1)
+
+
+def _conv_jacobian(layer, inputs, signals):
+    """Per-example Jacobian of a convolution from its inputs and signals: GEMMs, no autodiff.
+
+    $\\partial f_a / \\partial W_{o,i,\\delta} = \\sum_c B_{a,o,c}\\, x_{i, c+\\delta}$ over output
+    positions `c`, one matrix product per kernel offset `δ`. The order of the parameters need
+    not match the weight's layout: only inner products of Jacobians enter the kernel.
+    """
+    jac, bias = 0.0, 0.0
+    for x, b_c in zip(inputs, signals, strict=True):
+        sig = b_c.reshape(b_c.shape[0], b_c.shape[1], -1)  # (k, out, positions)
+        # Both operands contracted on their last axis: the layout XLA:CPU's batched GEMM
+        # runs fastest (several times faster than "aoc,qc->aoq").
+        per_offset = [jnp.einsum("qc,aoc->aqo", v, sig) for v in _patch_views(layer, x)]
+        jac = jac + jnp.stack(per_offset, axis=1)
+        bias = bias + jnp.sum(sig, axis=2)
+    out = [jac.reshape(jac.shape[0], -1)]
+    return out + ([bias] if layer.use_bias else [])
+
+
+def _vjp_jacobian(layer, weight, bias, inputs, signals):
+    """Per-example weight (and bias) Jacobian of any layer, by the layer's own `vjp`."""
+    params = (weight, bias)
+
+    def one_call(x, b_c):  # b_c: (k, *out_shape)
+        _, vjp = jax.vjp(lambda p: fill(layer, *p)(x), params)
+        return jax.vmap(lambda e: vjp(e)[0])(b_c)
+
+    grads = [one_call(x, bc) for x, bc in zip(inputs, signals, strict=True)]
+    total = jax.tree.map(lambda *g: sum(g), *grads)
+    return [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(total)]
+
+
+def local_jacobian(layer, weight, bias, inputs, signals) -> list[Float[Array, "k p"]]:
+    """Per-example Jacobian leaves `(k, p)` of one tapped layer from its inputs and signals.
+
+    Built locally: no pass through the rest of the network. Zero-padded, ungrouped
+    convolutions use matrix products per kernel offset; every other layer its own `vjp`.
+    """
+    if isinstance(layer, eqx.nn.Conv) and layer.groups == 1 and layer.padding_mode == "ZEROS":
+        return _conv_jacobian(layer, inputs, signals)
+    return _vjp_jacobian(layer, weight, bias, inputs, signals)
