@@ -10,14 +10,14 @@ applies them at the wrong times.
 
 from .._core._gradient_flow import GradientFlowProblem
 from .._core._model import apply
-from ._grid import KernelGrid
+from ._grid import AbstractKernelGrid
 from ._interp import AbstractInterpolation, Linear
 from ._problem import ScheduledKernelProblem
 from ._schedule import AbstractSchedule, Time
 
 
 def surrogate_for(
-    grid: KernelGrid,
+    grid: AbstractKernelGrid,
     problem: GradientFlowProblem,
     schedule: AbstractSchedule = Time(),
     interpolation: AbstractInterpolation = Linear(),
@@ -26,7 +26,20 @@ def surrogate_for(
 
     Data, loss, time span, learning rate and initial outputs come from `problem` (the
     initial outputs are its model's outputs), the kernels from `grid`.
+
+    **Arguments:**
+
+    - `grid`: a kernel grid ([`ntkode.KernelGrid`][] or [`ntkode.LowRankKernelGrid`][]) on
+      the training inputs of `problem`.
+    - `problem`: the [`ntkode.GradientFlowProblem`][] whose run the surrogate predicts.
+    - `schedule`, `interpolation`: as in [`ntkode.ScheduledKernelProblem`][].
+
+    **Returns:** a [`ntkode.ScheduledKernelProblem`][].
     """
+    if not isinstance(problem, GradientFlowProblem):
+        raise TypeError(
+            f"`problem` must be an ntkode.GradientFlowProblem, got {type(problem).__name__}."
+        )
     model, data = problem.model, problem.data
     return ScheduledKernelProblem(
         grid,
