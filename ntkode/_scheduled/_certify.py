@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._grid import AbstractKernelGrid
-from ._interp import AbstractInterpolation, Linear
+from ._grid import AbstractKernelGrid, check_grid
+from ._interp import AbstractInterpolation, Linear, check_interpolation
 
 
 class Certificate(eqx.Module):
@@ -89,16 +89,8 @@ def certify(
     **Returns:** a [`ntkode.Certificate`][]: for MSE and any schedule,
     $\|u(t) - Y\| \le e^{-\text{rate}\,(t - t_0)}\|u(t_0) - Y\|$.
     """
-    if not isinstance(grid, AbstractKernelGrid):
-        raise TypeError(
-            "`grid` must be a kernel grid (ntkode.KernelGrid or ntkode.LowRankKernelGrid), "
-            f"got {type(grid).__name__}."
-        )
-    if not isinstance(interpolation, AbstractInterpolation):
-        raise TypeError(
-            "`interpolation` must be an interpolation from ntkode.schedules, got "
-            f"{type(interpolation).__name__}."
-        )
+    check_grid(grid)
+    check_interpolation(interpolation)
     lam = grid.eigenvalues()
     eta = jnp.asarray(learning_rate, lam.dtype)
     n = grid.n_train

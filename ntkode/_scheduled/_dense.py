@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._core._errors import is_concrete
 from .._core._kernel_flow import flatten_kernel
-from ._grid import AbstractKernelGrid, check_nodes, optional_array
+from ._grid import AbstractKernelGrid, check_nodes, init_metadata
 from ._low_rank import LowRankKernelGrid
 
 
@@ -151,10 +151,7 @@ class KernelGrid(AbstractKernelGrid):
         self.kernel_train = _check_kernels("kernel_train", kt, G, tol)
         self.kernel_test = _check_kernels("kernel_test", ks, G, None)
         self.nodes = nodes.astype(kt.dtype)
-        self.times = optional_array(times, kt.dtype)
-        self.u0_train = optional_array(u0_train, kt.dtype)
-        self.u0_test = optional_array(u0_test, kt.dtype)
-        self.n_outputs = int(n_outputs)
+        init_metadata(self, kt.dtype, times, u0_train, u0_test, n_outputs)
 
     @property
     def dim(self) -> int:

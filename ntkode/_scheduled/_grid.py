@@ -58,8 +58,19 @@ def check_nodes(nodes: Any) -> None:
         )
 
 
-def optional_array(x: Any, dtype) -> Array | None:
-    return None if x is None else jnp.asarray(x, dtype)
+def init_metadata(grid: Any, dtype, times, u0_train, u0_test, n_outputs: int) -> None:
+    """Set the fields every grid has besides its kernels (inside a grid's `__init__`)."""
+    for name, value in (("times", times), ("u0_train", u0_train), ("u0_test", u0_test)):
+        setattr(grid, name, None if value is None else jnp.asarray(value, dtype))
+    grid.n_outputs = int(n_outputs)
+
+
+def check_grid(grid: Any) -> None:
+    if not isinstance(grid, AbstractKernelGrid):
+        raise TypeError(
+            "`grid` must be a kernel grid (ntkode.KernelGrid or ntkode.LowRankKernelGrid), "
+            f"got {type(grid).__name__}."
+        )
 
 
 class AbstractKernelGrid(eqx.Module):
@@ -304,4 +315,4 @@ def _is_model(x) -> bool:
     return isinstance(x, eqx.Module) and not isinstance(x, jax.Array)
 
 
-__all__ = ["AbstractKernelGrid", "check_nodes", "optional_array"]
+__all__ = ["AbstractKernelGrid", "check_grid", "check_nodes", "init_metadata"]

@@ -179,6 +179,14 @@ class PiecewiseConstant(AbstractPiecewiseConstant):
         return bounds, jnp.concatenate([eye[:1], w.reshape(-1, G), eye[-1:]])
 
 
+def check_interpolation(interpolation) -> None:
+    if not isinstance(interpolation, AbstractInterpolation):
+        raise TypeError(
+            "`interpolation` must be an interpolation from ntkode.schedules (Linear, "
+            f"Smoothstep, PiecewiseConstant), got {type(interpolation).__name__}."
+        )
+
+
 def _pair(i, w0, w1, nodes):
     if nodes.shape[0] == 1:
         return jnp.zeros((1,), jnp.int32), jnp.ones((1,), nodes.dtype)
@@ -191,4 +199,5 @@ __all__ = [
     "Linear",
     "PiecewiseConstant",
     "Smoothstep",
+    "check_interpolation",
 ]

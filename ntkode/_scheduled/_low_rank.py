@@ -14,7 +14,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._grid import AbstractKernelGrid, check_nodes, optional_array
+from ._grid import AbstractKernelGrid, check_nodes, init_metadata
 
 
 class LowRankKernelGrid(AbstractKernelGrid):
@@ -78,7 +78,7 @@ class LowRankKernelGrid(AbstractKernelGrid):
         )
         if basis.ndim != 3 or basis.shape[0] != G or basis.shape[2] != r:
             raise ValueError(f"`test_basis` has shape {basis.shape}; expected ({G}, m·k, {r}).")
-        err = optional_array(compression_error, dtype)
+        err = None if compression_error is None else jnp.asarray(compression_error, dtype)
         if err is not None and err.shape != (G, 2):
             raise ValueError(f"`compression_error` has shape {err.shape}; expected ({G}, 2).")
         self.nodes = nodes
@@ -86,10 +86,7 @@ class LowRankKernelGrid(AbstractKernelGrid):
         self.eigvecs = vec
         self.test_basis = basis
         self.compression_error = err
-        self.times = optional_array(times, dtype)
-        self.u0_train = optional_array(u0_train, dtype)
-        self.u0_test = optional_array(u0_test, dtype)
-        self.n_outputs = int(n_outputs)
+        init_metadata(self, dtype, times, u0_train, u0_test, n_outputs)
 
     @property
     def dim(self) -> int:

@@ -43,8 +43,13 @@ from .._core._problem import (
 )
 from .._core._solution import Solution
 from ._exact import exact_outputs, is_exact
-from ._grid import AbstractKernelGrid
-from ._interp import AbstractInterpolation, AbstractPiecewiseConstant, Linear
+from ._grid import AbstractKernelGrid, check_grid
+from ._interp import (
+    AbstractInterpolation,
+    AbstractPiecewiseConstant,
+    Linear,
+    check_interpolation,
+)
 from ._schedule import AbstractNormSchedule, AbstractSchedule, Time
 
 
@@ -136,21 +141,13 @@ class ScheduledKernelProblem(AbstractProblem):
         u0_test: Float[ArrayLike, "m k"] | None = None,
     ):
         init_common(self, data, loss, tspan, learning_rate)
-        if not isinstance(grid, AbstractKernelGrid):
-            raise TypeError(
-                "`grid` must be a kernel grid (ntkode.KernelGrid or ntkode.LowRankKernelGrid), "
-                f"got {type(grid).__name__}."
-            )
+        check_grid(grid)
         if not isinstance(schedule, AbstractSchedule):
             raise TypeError(
                 "`schedule` must be a scheduling variable from ntkode.schedules "
                 f"(e.g. schedules.Time()), got {type(schedule).__name__}."
             )
-        if not isinstance(interpolation, AbstractInterpolation):
-            raise TypeError(
-                "`interpolation` must be an interpolation from ntkode.schedules (Linear, "
-                f"Smoothstep, PiecewiseConstant), got {type(interpolation).__name__}."
-            )
+        check_interpolation(interpolation)
         n, m, k = data.n_train, data.n_test, data.n_outputs
         if grid.n_outputs != k or grid.dim != n * k:
             raise ValueError(
