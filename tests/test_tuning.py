@@ -235,6 +235,9 @@ def test_node_kind_strings_are_refused_with_the_object_to_pass():
         nk.tune_grid(p, ref, nodes="kernel", steps=1)
     with pytest.raises(TypeError, match="node kind from ntkode.tuning"):
         nk.tune_grid(p, ref, nodes=S.Time(), steps=1)
+    # The loose arguments of the time kind now travel with it.
+    with pytest.raises(TypeError, match=r"`model=` belongs to the node kind now: pass nodes=ntk"):
+        nk.tune_grid(p, ref, nodes=ScheduleNodes(), model=_setup()[1], steps=1)
 
 
 def _nan_after(step):

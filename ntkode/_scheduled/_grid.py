@@ -10,8 +10,9 @@ fit in memory. The surrogate, the exact solver, the certificate and grid tuning 
 products and spectra declared here, so each storage answers for itself.
 
 Grids from a network: [`AbstractKernelGrid.from_params`][] (kernels at given parameter
-states) and [`AbstractKernelGrid.from_solution`][] (kernels along a true-flow solution, the
-scheduled NTK of Lee et al. 2019's linearisation applied piece by piece).
+states) and [`AbstractKernelGrid.from_solution`][] (kernels at snapshots $\theta(t_g)$ of a
+true-flow solution): a grid of local linearisations (Jacot et al. 2018; Lee et al. 2019), each
+a linear time-invariant model, which the scheduled surrogate interpolates.
 """
 
 import abc
@@ -58,7 +59,7 @@ def check_nodes(nodes: Any) -> None:
         )
 
 
-def init_metadata(grid: Any, dtype, times, u0_train, u0_test, n_outputs: int) -> None:
+def init_metadata(grid: Any, dtype: Any, times, u0_train, u0_test, n_outputs: int) -> None:
     """Set the fields every grid has besides its kernels (inside a grid's `__init__`)."""
     for name, value in (("times", times), ("u0_train", u0_train), ("u0_test", u0_test)):
         setattr(grid, name, None if value is None else jnp.asarray(value, dtype))
@@ -66,6 +67,7 @@ def init_metadata(grid: Any, dtype, times, u0_train, u0_test, n_outputs: int) ->
 
 
 def check_grid(grid: Any) -> None:
+    """Refuse anything but a kernel grid, naming the two kinds."""
     if not isinstance(grid, AbstractKernelGrid):
         raise TypeError(
             "`grid` must be a kernel grid (ntkode.KernelGrid or ntkode.LowRankKernelGrid), "

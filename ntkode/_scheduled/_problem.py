@@ -20,6 +20,9 @@ Solving (`solver=None`):
 
 Everything in the solve path is `jnp` code without Python branching on values, so the
 solution is differentiable with respect to node positions and kernel entries.
+
+[`ntkode.transfer.surrogate_for`][] builds the surrogate of another true-flow problem (another
+learning rate, other targets) on a grid taken from one run.
 """
 
 import warnings
@@ -32,7 +35,9 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._core._data import Dataset
 from .._core._errors import check_finite
+from .._core._gradient_flow import GradientFlowProblem
 from .._core._losses import MSE, AbstractLoss, mse
+from .._core._model import apply
 from .._core._options import ResolvedOptions
 from .._core._problem import (
     AbstractProblem,
@@ -228,4 +233,54 @@ class ScheduledKernelProblem(AbstractProblem):
         return make_solution(self, ts, u, us, du, dus, kind="scheduled")
 
 
-__all__ = ["ScheduleRangeWarning", "ScheduledKernelField", "ScheduledKernelProblem"]
+def surrogate_for(
+    grid: AbstractKernelGrid,
+    problem: GradientFlowProblem,
+    schedule: AbstractSchedule = Time(),
+    interpolation: AbstractInterpolation = Linear(),
+) -> ScheduledKernelProblem:
+    """The scheduled surrogate of a true-flow `problem` using `grid` (built on any run).
+
+    This is how a grid *transfers*: built on one training run, it predicts another (the same
+    run's test outputs, another learning rate, other targets). Time schedules follow the
+    reference run's clock; state schedules (the loss level) follow the state. Gradient flow
+    with learning rate $\\eta$ is the $\\eta = 1$ flow with time rescaled by $\\eta$, so a
+    loss-scheduled grid sees exactly the states it was built on at another learning rate,
+    while a time-scheduled one applies them at the wrong times.
+
+    Data, loss, time span, learning rate and initial outputs come from `problem` (the
+    initial outputs are its model's outputs), the kernels from `grid`.
+
+    **Arguments:**
+
+    - `grid`: a kernel grid ([`ntkode.KernelGrid`][] or [`ntkode.LowRankKernelGrid`][]) on
+      the training inputs of `problem`.
+    - `problem`: the [`ntkode.GradientFlowProblem`][] whose run the surrogate predicts.
+    - `schedule`, `interpolation`: as in [`ntkode.ScheduledKernelProblem`][].
+
+    **Returns:** a [`ntkode.ScheduledKernelProblem`][].
+    """
+    if not isinstance(problem, GradientFlowProblem):
+        raise TypeError(
+            f"`problem` must be an ntkode.GradientFlowProblem, got {type(problem).__name__}."
+        )
+    model, data = problem.model, problem.data
+    return ScheduledKernelProblem(
+        grid,
+        data,
+        schedule,
+        interpolation,
+        problem.loss,
+        problem.tspan,
+        problem.learning_rate,
+        u0_train=apply(model, data.x_train),
+        u0_test=apply(model, data.x_test),
+    )
+
+
+__all__ = [
+    "ScheduleRangeWarning",
+    "ScheduledKernelField",
+    "ScheduledKernelProblem",
+    "surrogate_for",
+]

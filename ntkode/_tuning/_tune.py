@@ -155,6 +155,13 @@ def build_objective(
             f"`problem` must be an ntkode.ScheduledKernelProblem, got {type(problem).__name__}."
         )
     _check_nodes_argument(nodes)
+    moved = sorted({"model", "times", "implementation"} & set(solve_kwargs))
+    if moved:
+        raise TypeError(
+            f"`{'=`, `'.join(moved)}=` {'belongs' if len(moved) == 1 else 'belong'} to the "
+            "node kind now: pass nodes=ntkode.tuning.TimeNodes(model, times=..., "
+            "implementation=...)."
+        )
     grid = problem.grid
     if grid.size < 3:
         raise ValueError(
