@@ -22,7 +22,8 @@ import optax
 import optimistix as optx
 
 import ntkode as nk
-from ntkode._tuning._tune import _value, build_objective, objective_and_gradient
+from ntkode._tuning._objective import _value, objective_and_gradient
+from ntkode._tuning._tune import build_objective
 
 
 def _median_seconds(fn, repeats):
@@ -73,11 +74,10 @@ def main(argv=None):
         diffrax.BacksolveAdjoint(),
         diffrax.ForwardMode(),
     ]
-    for nodes in ("schedule", "time"):
+    kinds = {"schedule": nk.tuning.ScheduleNodes(), "time": nk.tuning.TimeNodes(problem.model)}
+    for nodes, kind in kinds.items():
         for adjoint in adjoints if nodes == "schedule" else adjoints[:1] + adjoints[2:]:
-            obj, z0, _ = build_objective(
-                sched, ref, nodes=nodes, model=problem.model, adjoint=adjoint
-            )
+            obj, z0 = build_objective(sched, ref, nodes=kind, adjoint=adjoint)
             fwd = _median_seconds(lambda obj=obj: _value(obj, z0), args.repeats)
             grad = _median_seconds(
                 lambda obj=obj, a=adjoint: objective_and_gradient(obj, z0, a), args.repeats

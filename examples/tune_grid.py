@@ -21,7 +21,9 @@ grid = nk.KernelGrid.from_solution(sol, ts[jnp.array([0, 17, 34, 50])], model, d
 sched = nk.ScheduledKernelProblem(grid, data, tspan=(0.0, 10.0))
 
 # Move the node positions (kernels fixed) with BFGS; gradients by diffrax adjoints.
-res = nk.tune_grid(sched, sol, nodes="schedule", optimiser=optx.BFGS(1e-6, 1e-8), steps=10)
+res = nk.tune_grid(
+    sched, sol, nodes=nk.tuning.ScheduleNodes(), optimiser=optx.BFGS(1e-6, 1e-8), steps=10
+)
 print(res.message)
 print("nodes:", grid.nodes, "->", res.nodes)
 print(f"J: {res.initial_objective:.4g} -> {res.objective:.4g} ({res.reduction:.2f}x smaller)")

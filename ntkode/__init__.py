@@ -10,7 +10,13 @@ import importlib
 import importlib.metadata
 from typing import Any
 
-from . import datasets as datasets, losses as losses, schedules as schedules, transfer as transfer
+from . import (
+    datasets as datasets,
+    losses as losses,
+    schedules as schedules,
+    transfer as transfer,
+    tuning as tuning,
+)
 from ._core._compare import (
     Comparison as Comparison,
     compare as compare,
@@ -79,7 +85,9 @@ from ._path._machines import (
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
 from ._scheduled._certify import Certificate as Certificate, certify as certify
-from ._scheduled._grid import KernelGrid as KernelGrid
+from ._scheduled._dense import KernelGrid as KernelGrid
+from ._scheduled._grid import AbstractKernelGrid as AbstractKernelGrid
+from ._scheduled._low_rank import LowRankKernelGrid as LowRankKernelGrid
 from ._scheduled._problem import ScheduledKernelProblem as ScheduledKernelProblem
 from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
 

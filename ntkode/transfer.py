@@ -3,7 +3,7 @@
 import importlib
 from typing import Any
 
-from ._scheduled._transfer import surrogate_for as surrogate_for
+from ._scheduled._problem import surrogate_for as surrogate_for
 
 
 def __getattr__(name: str) -> Any:

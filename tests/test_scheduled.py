@@ -2,6 +2,7 @@
 
 import functools
 import warnings
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -36,7 +37,7 @@ def test_weights_are_convex_and_interpolate(interp):
     # Sum to one up to round-off of 1 - a + a.
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-14)
     at_nodes = jax.vmap(lambda x: interp.weights(x, nodes))(nodes)
-    if getattr(interp, "mode", None) == "average":
+    if isinstance(interp, S.PiecewiseConstant) and interp.mode == "average":
         # Midpoint pieces: at node i < G the piece [s_i, s_i + h/3) carries 5/6 Θ_i + 1/6 Θ_i+1.
         np.testing.assert_allclose(at_nodes[1, 1:3], [5 / 6, 1 / 6], atol=1e-14)
     else:
@@ -204,6 +205,115 @@ def test_low_rank_full_rank_equals_dense_and_reports_error():
     assert _rel(exact.train, ode.train) < 1e-7 and _rel(exact.test, ode.test) < 1e-7
 
 
+def test_dense_and_low_rank_grids_agree_at_full_rank():
+    # Two storages of the same kernels: every product, spectrum, certificate and solve agrees.
+    data = _data()
+    grid = _grid(data, G=3)
+    full = grid.compress(8)
+    assert isinstance(full, nk.LowRankKernelGrid) and isinstance(full, nk.AbstractKernelGrid)
+    assert (full.rank, full.dim, full.n_test_outputs) == (8, 8, 5)
+    # Reconstructions from the eigenpairs: round-off of one eigh (condition ~1e3).
+    assert _rel(full.dense_train(), grid.kernel_train) < 1e-12
+    assert _rel(full.dense_test(), grid.kernel_test) < 1e-12
+    assert _rel(full.eigenvalues(), grid.eigenvalues()) < 1e-12
+    a, b = nk.certify(grid, 2.0), nk.certify(full, 2.0)
+    for f in ("lambda_min", "lambda_max", "rate", "stiffness"):
+        np.testing.assert_allclose(getattr(b, f), getattr(a, f), rtol=1e-12)
+    # Exact paths: round-off (measured ≤ 2e-15). ODE path: the same field to round-off, but
+    # the controller's step sizes move with it, so agreement is at the tolerance (measured 3e-9).
+    cases = (
+        (S.Time(), S.PiecewiseConstant(), 1e-13),  # exact, stored spectra
+        (S.Time(), S.PiecewiseConstant("average", 2), 1e-13),  # exact, pieces re-diagonalised
+        (S.ResidualNorm(), S.PiecewiseConstant(), 1e-13),  # exact, exit times
+        (S.Time(), S.Linear(), 1e-8),  # ODE at rtol 1e-10
+    )
+    ts = jnp.linspace(0.0, 2.0, 9) + 0.013
+    for sched, interp, tol in cases:
+        p = lambda g: nk.ScheduledKernelProblem(
+            g, data, sched, interp, tspan=(0.0, 2.1), u0_train=jnp.ones((8, 1))
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+            x = nk.solve(p(grid), saveat=ts, rtol=1e-10, atol=1e-12)
+            y = nk.solve(p(full), saveat=ts, rtol=1e-10, atol=1e-12)
+        assert _rel(y.train, x.train) < tol and _rel(y.test, x.test) < tol, (sched, interp)
+    # A grid without test kernels: both storages keep the test outputs where they start.
+    bare = nk.KernelGrid(grid.nodes, grid.kernel_train)
+    for g in (bare, bare.compress(8)):
+        q = nk.ScheduledKernelProblem(g, data, interpolation=S.PiecewiseConstant(), tspan=(0, 2))
+        sol = nk.solve(q, saveat=5)
+        np.testing.assert_array_equal(sol.test, jnp.zeros_like(sol.test))
+        with_test = nk.solve(eqx.tree_at(lambda r: r.grid, q, grid), saveat=5)
+        assert _rel(sol.train, with_test.train) < 1e-14  # train outputs ignore test kernels
+
+
+def test_compression_error_matches_direct_computation():
+    data = _data()
+    grid = _grid(data, G=3)
+    low = grid.compress(3)
+    kt, ks = np.asarray(grid.kernel_train), np.asarray(grid.kernel_test)
+    for g in range(3):
+        lam, vec = np.linalg.eigh(kt[g])
+        v = vec[:, -3:]
+        approx = v @ np.diag(lam[-3:]) @ v.T
+        err_train = np.linalg.norm(kt[g] - approx) / np.linalg.norm(kt[g])
+        err_test = np.linalg.norm(ks[g] - ks[g] @ v @ v.T) / np.linalg.norm(ks[g])
+        # The stored errors come from the eigenvalues and the projected test kernel.
+        np.testing.assert_allclose(low.compression_error[g], [err_train, err_test], rtol=1e-10)
+    assert float(jnp.min(low.compression_error)) > 0.05  # a rank-3 cut of random 8×8 kernels
+    np.testing.assert_allclose(grid.compress(8).compression_error, 0.0, atol=1e-13)
+    with pytest.raises(ValueError, match="between 1 and n·k = 8"):
+        grid.compress(9)
+
+
+def test_capabilities_must_be_declared():
+    class Forgot(S.AbstractSchedule):
+        def __call__(self, t, u, y, loss):
+            return t
+
+    with pytest.raises(TypeError, match="depends_on_state"):
+        Forgot()
+
+    class NoInverse(S.AbstractNormSchedule):
+        depends_on_state: ClassVar[bool] = True
+
+        def __call__(self, t, u, y, loss):
+            return jnp.sum((u - y) ** 2)
+
+    with pytest.raises(TypeError, match="residual_sq"):
+        NoInverse()
+
+    class Unsure(S.AbstractInterpolation):
+        support: ClassVar[int] = 2
+
+        def local(self, s, nodes):
+            return S.Linear().local(s, nodes)
+
+    with pytest.raises(TypeError, match="convex"):
+        Unsure()
+
+
+def test_time_only_schedule_other_than_time_is_not_solved_as_time():
+    # σ = 2t depends on time only, but its switching points are not times: the exact solver
+    # (which reads bounds as times) must not take it. On nodes 2·s it equals Time on nodes s.
+    class Doubled(S.AbstractSchedule):
+        depends_on_state: ClassVar[bool] = False
+
+        def __call__(self, t, u, y, loss):
+            return 2 * jnp.asarray(t, u.dtype)
+
+    data = _data()
+    g = _grid(data, G=3, nodes=jnp.array([0.0, 0.8, 2.0]))
+    kw = dict(interpolation=S.PiecewiseConstant(), tspan=(0.0, 2.0), u0_train=jnp.ones((8, 1)))
+    p = nk.ScheduledKernelProblem(g.with_nodes(2 * g.nodes), data, Doubled(), **kw)
+    q = nk.ScheduledKernelProblem(g, data, S.Time(), **kw)
+    assert q.exact and not p.exact
+    ts = (jnp.linspace(0.0, 2.0, 9) + 0.011).at[-1].set(2.0)  # off the switching times
+    a = nk.solve(p, saveat=ts, rtol=1e-10, atol=1e-12)
+    # ODE steps across the kernel switches limit agreement to about rtol.
+    assert _rel(a.train, nk.solve(q, saveat=ts).train) < 1e-7
+
+
 # ---------------------------------------------------------------- differentiability
 
 
@@ -302,8 +412,13 @@ def test_certificate_bounds_solved_residuals():
         assert bool(jnp.all(r <= bound * (1 + 1e-8)))
         assert float(r[-1]) < 0.9 * float(r[0])
 
-    class Wild(S.Linear):
-        convex = False
+    class Wild(S.AbstractInterpolation):
+        # Declared non-convex (its weights are Linear's, but the certificate must not ask).
+        support: ClassVar[int] = 2
+        convex: ClassVar[bool] = False
+
+        def local(self, s, nodes):
+            return S.Linear().local(s, nodes)
 
     # A non-convex interpolation gets no certificate.
     assert np.isnan(float(nk.certify(grid, interpolation=Wild()).rate))

@@ -1,7 +1,7 @@
 """Grid tuning by adjoints: gradient checks, adjoint agreement, optimisers, bad input."""
 
 import functools
-import warnings
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -15,13 +15,14 @@ from helpers import central_differences
 
 import ntkode as nk
 from ntkode import schedules as S
-from ntkode._tuning._tune import (
+from ntkode._tuning._objective import (
     _value,
-    build_objective,
     logits_to_nodes,
     nodes_to_logits,
     objective_and_gradient,
 )
+from ntkode._tuning._tune import build_objective
+from ntkode.tuning import ScheduleNodes, TimeNodes
 
 T = 2.0
 TS = jnp.linspace(0.0, T, 21)
@@ -78,10 +79,13 @@ def test_gradient_equals_central_differences(nodes):
     # Nodes off the solver's step lattice and off the saved times (where weights have kinks).
     times = (0.0, 0.637, 1.291, 2.0)
     p = _problem()
+    _, model, ref = _setup()
     if nodes == "schedule":
         p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
-    _, model, ref = _setup()
-    obj, z0, _ = build_objective(p, ref, nodes=nodes, model=model, times=times, **CONSTANT)
+        kind = ScheduleNodes()
+    else:
+        kind = TimeNodes(model, times=times)
+    obj, z0 = build_objective(p, ref, nodes=kind, **CONSTANT)
     value, grad = objective_and_gradient(obj, z0, obj.options.adjoint)
     fd = _central_differences(obj, z0)
     assert float(value) > 0 and np.all(np.abs(fd) > 1e-8)
@@ -103,7 +107,7 @@ def test_adjoints_agree():
         diffrax.ForwardMode(),
     ):
         # Tight tolerances: every adjoint then approximates the same continuous gradient.
-        obj, z0, _ = build_objective(p, ref, adjoint=adjoint, rtol=1e-10, atol=1e-12)
+        obj, z0 = build_objective(p, ref, adjoint=adjoint, rtol=1e-10, atol=1e-12)
         grads[type(adjoint).__name__] = np.asarray(objective_and_gradient(obj, z0, adjoint)[1])
     base = grads["RecursiveCheckpointAdjoint"]
     # ForwardMode differentiates the same discrete solve: round-off only.
@@ -117,10 +121,8 @@ def test_linear_model_objective_is_zero_and_stays_zero():
     p = _problem(linear=True)
     data, model, ref = _setup(linear=True)
     scale = float(jnp.sum((ref.train - ref.y_train) ** 2))
-    for nodes in ("schedule", "time"):
-        res = nk.tune_grid(
-            p, ref, nodes=nodes, model=model, steps=3, rtol=1e-10, atol=1e-12, optimiser=None
-        )
+    for nodes in (ScheduleNodes(), TimeNodes(model)):
+        res = nk.tune_grid(p, ref, nodes=nodes, steps=3, rtol=1e-10, atol=1e-12, optimiser=None)
         # rtol 1e-10 solves of both flows: J / Σ‖u - Y‖² at round-off level.
         assert res.initial_objective < 1e-16 * scale
         assert max(res.history) < 1e-16 * scale
@@ -140,11 +142,11 @@ def test_tuning_returns_best_iterate_and_reduces_error(optimiser, adjoint):
     p = _problem()
     _, model, ref = _setup()
     res = nk.tune_grid(p, ref, optimiser=optimiser, adjoint=adjoint, steps=10)
-    assert res.success, res.message
+    assert res.success and res.result == nk.RESULTS.successful, res.message
     # The reported final objective is the best seen, never above the initial one...
     assert res.objective == min(res.history) <= res.initial_objective
     # ... and is what the returned problem actually achieves (re-solved independently).
-    obj, z, _ = build_objective(res.problem, ref)
+    obj, z = build_objective(res.problem, ref)
     np.testing.assert_allclose(float(_value(obj, z)), res.objective, rtol=1e-10)
     assert bool(jnp.all(jnp.diff(res.nodes) > 0))
     np.testing.assert_allclose(res.nodes[jnp.array([0, -1])], p.grid.nodes[jnp.array([0, -1])])
@@ -155,7 +157,7 @@ def test_tuning_returns_best_iterate_and_reduces_error(optimiser, adjoint):
 def test_time_nodes_on_loss_schedule_move_kernels():
     p = _problem(schedule=S.LossLevel())
     _, model, ref = _setup()
-    res = nk.tune_grid(p, ref, nodes="time", model=model, steps=3, optimiser=optax.adam(0.2))
+    res = nk.tune_grid(p, ref, nodes=TimeNodes(model), steps=3, optimiser=optax.adam(0.2))
     assert res.objective <= res.initial_objective
     # Loss-scheduled nodes increase while their times decrease (latest time first).
     assert bool(jnp.all(jnp.diff(res.nodes) > 0))
@@ -199,7 +201,7 @@ def test_nodes_outside_time_span_are_rejected():
     p = _problem()
     _, model, ref = _setup()
     with pytest.raises(ValueError, match="outside the time span"):
-        nk.tune_grid(p, ref, nodes="time", model=model, times=(0.0, 0.5, 1.0, 3.0), steps=1)
+        nk.tune_grid(p, ref, nodes=TimeNodes(model, times=(0.0, 0.5, 1.0, 3.0)), steps=1)
     far = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.array([-1.0, 0.6, 1.2, 2.0]))
     with pytest.raises(ValueError, match="outside the time span"):
         nk.tune_grid(far, ref, steps=1)
@@ -208,16 +210,34 @@ def test_nodes_outside_time_span_are_rejected():
 def test_other_bad_input():
     p = _problem()
     _, model, ref = _setup()
+    noweights = eqx.tree_at(lambda s: s.weights, ref, None)
     with pytest.raises(ValueError, match="save_weights"):
-        nk.tune_grid(p, eqx.tree_at(lambda s: s.weights, ref, None), nodes="time", model=model)
-    with pytest.raises(ValueError, match="needs `model="):
-        nk.tune_grid(p, ref, nodes="time")
+        nk.tune_grid(p, noweights, nodes=TimeNodes(model))
+    with pytest.raises(ValueError, match="needs `model`"):
+        TimeNodes(None)
+    with pytest.raises(ValueError, match="dense ntkode.KernelGrid, not a LowRankKernelGrid"):
+        low = eqx.tree_at(lambda q: q.grid, p, p.grid.compress(4))
+        nk.tune_grid(low, ref, nodes=TimeNodes(model))
     with pytest.raises(ValueError, match="at least 3"):
         nk.tune_grid(_problem(times=(0.0, 2.0)), ref)
-    with pytest.raises(ValueError, match="'schedule' or 'time'"):
-        nk.tune_grid(p, ref, nodes="kernel")
     with pytest.raises(TypeError, match="optimiser"):
         nk.tune_grid(p, ref, optimiser="adam", steps=1)
+
+
+def test_node_kind_strings_are_refused_with_the_object_to_pass():
+    p = _problem()
+    _, _, ref = _setup()
+    with pytest.raises(TypeError, match=r"not the string 'time': pass nodes=ntkode\.tuning\.Time"):
+        nk.tune_grid(p, ref, nodes="time", steps=1)
+    with pytest.raises(TypeError, match=r"pass nodes=ntkode\.tuning\.ScheduleNodes\(\)"):
+        nk.tune_grid(p, ref, nodes="schedule", steps=1)
+    with pytest.raises(TypeError, match="ScheduleNodes.. or ntkode.tuning.TimeNodes"):
+        nk.tune_grid(p, ref, nodes="kernel", steps=1)
+    with pytest.raises(TypeError, match="node kind from ntkode.tuning"):
+        nk.tune_grid(p, ref, nodes=S.Time(), steps=1)
+    # The loose arguments of the time kind now travel with it.
+    with pytest.raises(TypeError, match=r"`model=` belongs to the node kind now: pass nodes=ntk"):
+        nk.tune_grid(p, ref, nodes=ScheduleNodes(), model=_setup()[1], steps=1)
 
 
 def _nan_after(step):
@@ -237,15 +257,39 @@ def test_non_finite_objective_stops_with_step_and_last_good_nodes():
     p = _problem()
     _, _, ref = _setup()
     opt = optax.chain(optax.adam(0.1), _nan_after(2))
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        res = nk.tune_grid(p, ref, optimiser=opt, steps=5)
-    assert not res.success
+    res = nk.tune_grid(p, ref, optimiser=opt, steps=5)
+    assert res.result == nk.RESULTS.nonfinite_objective and not res.success
     assert "step 3" in res.message and "Last good nodes" in res.message
+    assert res.message.startswith(nk.RESULTS[nk.RESULTS.nonfinite_objective])
     assert np.all(np.isfinite(np.asarray(res.nodes))) and np.isfinite(res.objective)
     assert res.objective <= res.initial_objective
     with pytest.raises(RuntimeError, match="step 3"):
         nk.tune_grid(p, ref, optimiser=opt, steps=5, throw=True)
+
+
+class _NaNSlope(S.AbstractInterpolation):
+    """Linear weights whose value is exact but whose derivative in the nodes is NaN
+    (0 · ∞ from the square root at zero): a finite objective with a non-finite gradient."""
+
+    support: ClassVar[int] = 2
+    convex: ClassVar[bool] = True
+
+    def local(self, s, nodes):
+        idx, w = S.Linear().local(s, nodes)
+        return idx, w + 0.0 * jnp.sqrt(nodes[1] - nodes[1])
+
+
+def test_non_finite_gradient_gives_its_code():
+    p = eqx.tree_at(lambda q: q.interpolation, _problem(), _NaNSlope())
+    _, _, ref = _setup()
+    res = nk.tune_grid(p, ref, optimiser=optax.adam(0.1), steps=3)
+    assert res.result == nk.RESULTS.nonfinite_gradient and not res.success
+    assert "step 0" in res.message and res.num_steps == 0
+    # The initial nodes are kept, with their (finite) objective.
+    np.testing.assert_allclose(res.nodes, p.grid.nodes)
+    assert np.isfinite(res.objective) and res.objective == res.initial_objective
+    with pytest.raises(RuntimeError, match="gradient became non-finite"):
+        nk.tune_grid(p, ref, optimiser=optax.adam(0.1), steps=3, throw=True)
 
 
 @pytest.mark.slow

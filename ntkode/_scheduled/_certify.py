@@ -10,13 +10,12 @@ linear-parameter-varying system (a common quadratic Lyapunov function $\|r\|^2$)
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from ._grid import KernelGrid
-from ._interp import AbstractInterpolation, Linear
+from ._grid import AbstractKernelGrid, check_grid
+from ._interp import AbstractInterpolation, Linear, check_interpolation
 
 
 class Certificate(eqx.Module):
@@ -44,17 +43,24 @@ class Certificate(eqx.Module):
     learning_rate: Float[Array, ""]
     n_train: int = eqx.field(static=True)
 
-    def bound(self, t, r0_norm, t0=0.0) -> Array:
+    def bound(
+        self,
+        t: Float[ArrayLike, "*T"],
+        r0_norm: Float[ArrayLike, ""],
+        t0: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, "*T"]:
         r"""Certified upper bound on $\|u(t) - Y\|$: $e^{-\text{rate}\,(t - t_0)}\|r_0\|$."""
         t = jnp.asarray(t)
         return jnp.asarray(r0_norm) * jnp.exp(-self.rate * (t - t0))
 
-    def loss_bound(self, t, loss0, t0=0.0) -> Array:
+    def loss_bound(
+        self, t: Float[ArrayLike, "*T"], loss0: Float[ArrayLike, ""], t0: Float[ArrayLike, ""] = 0.0
+    ) -> Float[Array, "*T"]:
         """Certified upper bound on the mean-MSE train loss: $e^{-2\\,\\text{rate}(t-t_0)}L_0$."""
         t = jnp.asarray(t)
         return jnp.asarray(loss0) * jnp.exp(-2 * self.rate * (t - t0))
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, list[float] | float]:
         return {
             "nodes": np.asarray(self.nodes).tolist(),
             "lambda_min": np.asarray(self.lambda_min).tolist(),
@@ -65,15 +71,17 @@ class Certificate(eqx.Module):
 
 
 def certify(
-    grid: KernelGrid,
-    learning_rate: float = 1.0,
+    grid: AbstractKernelGrid,
+    learning_rate: Float[ArrayLike, ""] = 1.0,
     interpolation: AbstractInterpolation = Linear(),
 ) -> Certificate:
     r"""Spectra of every grid kernel and a guaranteed decay rate of the MSE train residual.
 
     **Arguments:**
 
-    - `grid`: a [`ntkode.KernelGrid`][].
+    - `grid`: a kernel grid ([`ntkode.KernelGrid`][] or [`ntkode.LowRankKernelGrid`][]; a
+      low-rank kernel is zero outside its basis, so it certifies no decay unless its rank
+      is full).
     - `learning_rate`: $\eta$ of the surrogate the certificate is for.
     - `interpolation`: the interpolation used (its weights must be convex for a certificate;
       all of [`ntkode.schedules`][] are).
@@ -81,21 +89,15 @@ def certify(
     **Returns:** a [`ntkode.Certificate`][]: for MSE and any schedule,
     $\|u(t) - Y\| \le e^{-\text{rate}\,(t - t_0)}\|u(t_0) - Y\|$.
     """
-    if not isinstance(grid, KernelGrid):
-        raise TypeError(f"`grid` must be an ntkode.KernelGrid, got {type(grid).__name__}.")
-    if grid.low_rank:
-        lam = grid.eigvals
-        pad = grid.dim - lam.shape[1]
-        lam = jnp.concatenate([jnp.zeros((lam.shape[0], pad), lam.dtype), lam], axis=1)
-        lam = jnp.sort(lam, axis=1)
-    else:
-        lam = jax.vmap(jnp.linalg.eigvalsh)(grid.kernel_train)
+    check_grid(grid)
+    check_interpolation(interpolation)
+    lam = grid.eigenvalues()
     eta = jnp.asarray(learning_rate, lam.dtype)
     n = grid.n_train
     lam_min, lam_max = lam[:, 0], lam[:, -1]
     # Round-off can make λ_min of a singular kernel slightly negative: no decay is certified.
     rate = eta * jnp.maximum(jnp.min(lam_min), 0.0) / n
-    if not getattr(interpolation, "convex", False):
+    if not interpolation.convex:
         rate = jnp.asarray(jnp.nan, lam.dtype)
     return Certificate(
         nodes=grid.nodes,

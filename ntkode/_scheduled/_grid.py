@@ -1,29 +1,43 @@
-r"""`KernelGrid`: neural tangent kernels at the nodes $s_1 < \dots < s_G$ of a schedule.
+r"""`AbstractKernelGrid`: neural tangent kernels at the nodes $s_1 < \dots < s_G$ of a schedule.
 
 Each node holds the train kernel $\Theta_g(X, X)$ and the test kernel $\Theta_g(X_*, X)$,
-flat as `(n·k, n·k)` and `(m·k, n·k)` like [`ntkode.KernelFlowProblem`][]. Storage is dense,
-or low-rank (the top-`r` eigenpairs of each train kernel and the test kernel projected on
-them), which is what lets many kernels of a large training set fit in memory; the
-compression error is kept beside them.
+flat as `(n·k, n·k)` and `(m·k, n·k)` like [`ntkode.KernelFlowProblem`][]. How they are
+stored is a strategy: [`ntkode.KernelGrid`][] keeps them dense
+(`ntkode/_scheduled/_dense.py`), [`ntkode.LowRankKernelGrid`][] keeps the top-`r`
+eigenpairs of each train kernel and the test kernel projected on them
+(`ntkode/_scheduled/_low_rank.py`), which is what lets many kernels of a large training set
+fit in memory. The surrogate, the exact solver, the certificate and grid tuning only use the
+products and spectra declared here, so each storage answers for itself.
+
+Grids from a network: [`AbstractKernelGrid.from_params`][] (kernels at given parameter
+states) and [`AbstractKernelGrid.from_solution`][] (kernels at snapshots $\theta(t_g)$ of a
+true-flow solution): a grid of local linearisations (Jacot et al. 2018; Lee et al. 2019), each
+a linear time-invariant model, which the scheduled surrogate interpolates.
 """
 
+import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from .._core._data import Dataset
 from .._core._errors import is_concrete
 from .._core._kernel_flow import flatten_kernel
-from .._core._model import apply, partition
+from .._core._model import partition
+from .._core._solution import Solution
+from .._ntk import AbstractNTKImplementation, ntk
 from ._schedule import AbstractSchedule, Time
 
+Implementation = Literal["auto", "structured", "jacobian", "ntvp", "reference"]
 
-def _check_nodes(nodes) -> None:
+
+def check_nodes(nodes: Any) -> None:
+    """Nodes must be a non-empty, finite, strictly increasing 1-D array (checked if concrete)."""
     if not is_concrete(nodes):
         return
     a = np.asarray(nodes)
@@ -45,147 +59,61 @@ def _check_nodes(nodes) -> None:
         )
 
 
-def _check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
-    """Finite, symmetric within tolerance (then symmetrised), PSD within tolerance."""
-    if not is_concrete(k):
-        return 0.5 * (k + jnp.swapaxes(k, -1, -2)) if psd_tol is not None else k
-    a = np.asarray(k)
-    if not np.all(np.isfinite(a)):
-        bad = [g for g in range(G) if not np.all(np.isfinite(a[g]))]
-        raise ValueError(
-            f"`{name}` has non-finite entries (NaN or infinity) at node(s) {bad}; recompute "
-            "those kernels (a diverged reference run is the usual cause)."
+def init_metadata(grid: Any, dtype: Any, times, u0_train, u0_test, n_outputs: int) -> None:
+    """Set the fields every grid has besides its kernels (inside a grid's `__init__`)."""
+    for name, value in (("times", times), ("u0_train", u0_train), ("u0_test", u0_test)):
+        setattr(grid, name, None if value is None else jnp.asarray(value, dtype))
+    grid.n_outputs = int(n_outputs)
+
+
+def check_grid(grid: Any) -> None:
+    """Refuse anything but a kernel grid, naming the two kinds."""
+    if not isinstance(grid, AbstractKernelGrid):
+        raise TypeError(
+            "`grid` must be a kernel grid (ntkode.KernelGrid or ntkode.LowRankKernelGrid), "
+            f"got {type(grid).__name__}."
         )
-    if psd_tol is None:
-        return k
-    scale = max(float(np.max(np.abs(a))), np.finfo(a.dtype).tiny)
-    asym = float(np.max(np.abs(a - np.swapaxes(a, -1, -2))))
-    if asym > 1e-4 * scale + 10 * psd_tol * scale:
-        raise ValueError(
-            f"`{name}` is not symmetric (max |K - Kᵀ| = {asym:.3g}, max |K| = {scale:.3g}); "
-            "a train kernel Θ(X, X) is symmetric. Did you pass a test kernel Θ(X*, X)?"
-        )
-    sym = 0.5 * (a + np.swapaxes(a, -1, -2))
-    lam = np.linalg.eigvalsh(sym)
-    lo, hi = lam[:, 0], np.max(np.abs(lam), axis=1)
-    bad = np.flatnonzero(lo < -psd_tol * np.maximum(hi, np.finfo(a.dtype).tiny))
-    if bad.size:
-        g = int(bad[np.argmin(lo[bad])])
-        raise ValueError(
-            f"`{name}` is not positive semi-definite: node {g} has eigenvalue {lo[g]:.6g} "
-            f"(largest |eigenvalue| {hi[g]:.6g}; tolerance {psd_tol:.1g} relative). Neural "
-            "tangent kernels are Gram matrices J Jᵀ; check how the kernel was built, or pass "
-            "`psd_tol=None` to skip this check."
-        )
-    return jnp.asarray(sym, dtype=a.dtype)
 
 
-def _default_tol(dtype) -> float:
-    # Round-off in J Jᵀ gives eigenvalues of order sqrt(eps)·λ_max at worst in practice.
-    return float(np.sqrt(np.finfo(dtype).eps))
-
-
-class KernelGrid(eqx.Module):
+class AbstractKernelGrid(eqx.Module):
     r"""Neural tangent kernels $\Theta_1, \dots, \Theta_G$ at nodes $s_1 < \dots < s_G$.
 
-    **Arguments:**
+    **Fields** (every grid):
 
-    - `nodes`: strictly increasing scheduling values, shape `(G,)`.
-    - `kernel_train`: `(G, n·k, n·k)` or `(G, n, n, k, k)` train kernels $\Theta_g(X, X)$.
-    - `kernel_test`: `(G, m·k, n·k)` or `(G, m, n, k, k)` test kernels $\Theta_g(X_*, X)$;
-      default none (zero rows: test outputs then stay at their initial values).
-    - `n_outputs`: `k`, needed to read flat kernels (default 1).
-    - `times`: optional reference times at which the kernels were taken (metadata).
-    - `u0_train`, `u0_test`: optional outputs at the reference run's start; a
-      [`ntkode.ScheduledKernelProblem`][] starts from them by default.
-    - `psd_tol`: relative tolerance of the symmetry/PSD check (default $\sqrt{\epsilon}$);
-      `None` skips it.
+    - `nodes`: strictly increasing scheduling values, `(G,)`.
+    - `times`: reference times at which the kernels were taken, `(G,)`, or `None`.
+    - `u0_train`, `u0_test`: the reference run's initial outputs (`(n, k)`, `(m, k)`) or
+      `None`; a [`ntkode.ScheduledKernelProblem`][] starts from them by default.
+    - `n_outputs`: `k`.
 
-    Other constructors: [`KernelGrid.from_solution`][], [`KernelGrid.from_params`][];
-    [`KernelGrid.compress`][] turns a dense grid into a low-rank one.
+    Subclasses say how the kernels are stored by implementing the products
+    (`train_matvec`, `test_matvec`), the spectra (`spectral`, `eigenvalues`), the dense
+    views (`dense_train`, `dense_test`), the sizes (`dim`, `n_test_outputs`, `rank`) and
+    `with_zero_test`.
     """
 
-    nodes: Float[Array, " G"]
-    kernel_train: Float[Array, "G nk nk"] | None
-    kernel_test: Float[Array, "G mk nk"] | None
-    eigvals: Float[Array, "G r"] | None
-    eigvecs: Float[Array, "G nk r"] | None
-    test_basis: Float[Array, "G mk r"] | None
-    compression_error: Float[Array, "G 2"] | None
-    times: Float[Array, " G"] | None
-    u0_train: Float[Array, "n k"] | None
-    u0_test: Float[Array, "m k"] | None
-    n_outputs: int = eqx.field(static=True)
-
-    def __init__(
-        self,
-        nodes,
-        kernel_train,
-        kernel_test=None,
-        *,
-        n_outputs: int = 1,
-        times=None,
-        u0_train=None,
-        u0_test=None,
-        psd_tol: float | None | str = "auto",
-    ):
-        nodes = jnp.asarray(nodes)
-        if not jnp.issubdtype(nodes.dtype, jnp.inexact):
-            nodes = nodes.astype(jnp.result_type(float))
-        _check_nodes(nodes)
-        G = nodes.shape[0]
-        kt = jnp.asarray(kernel_train)
-        if not jnp.issubdtype(kt.dtype, jnp.inexact):
-            kt = kt.astype(jnp.result_type(float))
-        if kt.ndim == 5:
-            n, n2, k, k2 = kt.shape[1:]
-            if n != n2 or k != k2:
-                raise ValueError(
-                    f"`kernel_train` has shape {kt.shape}; expected (G, n, n, k, k) for a train "
-                    "kernel Θ(X, X)."
-                )
-            n_outputs = k
-            kt = jax.vmap(lambda a: flatten_kernel(a, n, n, k, "kernel_train"))(kt)
-        if kt.ndim != 3 or kt.shape[1] != kt.shape[2]:
-            raise ValueError(
-                f"`kernel_train` has shape {kt.shape}; expected (G, n·k, n·k) or (G, n, n, k, k)."
-            )
-        if kt.shape[0] != G:
-            raise ValueError(
-                f"`kernel_train` holds {kt.shape[0]} kernels but `nodes` has {G} values; "
-                "pass one kernel per node."
-            )
-        nk = kt.shape[1]
-        if nk % n_outputs:
-            raise ValueError(
-                f"`kernel_train` size {nk} is not a multiple of n_outputs={n_outputs}."
-            )
-        n = nk // n_outputs
-        if kernel_test is None:
-            ks = jnp.zeros((G, 0, nk), kt.dtype)
-        else:
-            ks = jnp.asarray(kernel_test, kt.dtype)
-            if ks.ndim == 5:
-                m = ks.shape[1]
-                ks = jax.vmap(lambda a: flatten_kernel(a, m, n, n_outputs, "kernel_test"))(ks)
-            if ks.ndim != 3 or ks.shape[0] != G or ks.shape[2] != nk or ks.shape[1] % n_outputs:
-                raise ValueError(
-                    f"`kernel_test` has shape {ks.shape}; expected ({G}, m·{n_outputs}, {nk}) or "
-                    f"({G}, m, {n}, {n_outputs}, {n_outputs}) to match `kernel_train`."
-                )
-        tol = _default_tol(kt.dtype) if psd_tol == "auto" else psd_tol
-        kt = _check_kernels("kernel_train", kt, G, tol)
-        _check_kernels("kernel_test", ks, G, None)
-        self.nodes = nodes.astype(kt.dtype)
-        self.kernel_train = kt
-        self.kernel_test = ks
-        self.eigvals = self.eigvecs = self.test_basis = self.compression_error = None
-        self.times = None if times is None else jnp.asarray(times, kt.dtype)
-        self.u0_train = None if u0_train is None else jnp.asarray(u0_train, kt.dtype)
-        self.u0_test = None if u0_test is None else jnp.asarray(u0_test, kt.dtype)
-        self.n_outputs = int(n_outputs)
+    nodes: eqx.AbstractVar[Float[Array, " G"]]
+    times: eqx.AbstractVar[Float[Array, " G"] | None]
+    u0_train: eqx.AbstractVar[Float[Array, "n k"] | None]
+    u0_test: eqx.AbstractVar[Float[Array, "m k"] | None]
+    n_outputs: eqx.AbstractVar[int]
 
     # ---------------------------------------------------------------- sizes
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """`n·k`, the train-output dimension."""
+
+    @property
+    @abc.abstractmethod
+    def n_test_outputs(self) -> int:
+        """`m·k`, the test-output dimension (0 for a grid without test kernels)."""
+
+    @property
+    @abc.abstractmethod
+    def rank(self) -> int:
+        """Stored rank per node (`n·k` when dense)."""
 
     @property
     def size(self) -> int:
@@ -193,105 +121,58 @@ class KernelGrid(eqx.Module):
         return self.nodes.shape[-1]
 
     @property
-    def low_rank(self) -> bool:
-        return self.kernel_train is None
-
-    @property
-    def dim(self) -> int:
-        """`n·k`, the train-output dimension."""
-        src = self.eigvecs if self.low_rank else self.kernel_train
-        return src.shape[-2]
-
-    @property
-    def n_test_outputs(self) -> int:
-        """`m·k`, the test-output dimension (0 for a grid without test kernels)."""
-        src = self.test_basis if self.low_rank else self.kernel_test
-        return src.shape[-2]
-
-    @property
     def n_train(self) -> int:
+        """`n`, the number of train examples."""
         return self.dim // self.n_outputs
 
     @property
     def n_test(self) -> int:
+        """`m`, the number of test examples (0 for a grid without test kernels)."""
         return self.n_test_outputs // self.n_outputs
 
-    @property
-    def rank(self) -> int:
-        """Stored rank per node (`n·k` when dense)."""
-        return self.eigvals.shape[-1] if self.low_rank else self.dim
+    # ---------------------------------------------------------------- products and spectra
 
-    # ---------------------------------------------------------------- products
-
+    @abc.abstractmethod
     def train_matvec(
         self, idx: Int[Array, " a"], w: Float[Array, " a"], v: Float[Array, " nk"]
     ) -> Float[Array, " nk"]:
         r"""$\sum_j w_j \Theta_{\text{idx}_j}(X, X)\, v$."""
-        if self.low_rank:
-            lam, vec = self.eigvals[idx], self.eigvecs[idx]
-            return jnp.einsum("a,air,ar,ajr,j->i", w, vec, lam, vec, v)
-        return jnp.einsum("a,aij,j->i", w, self.kernel_train[idx], v)
 
+    @abc.abstractmethod
     def test_matvec(
         self, idx: Int[Array, " a"], w: Float[Array, " a"], v: Float[Array, " nk"]
     ) -> Float[Array, " mk"]:
         r"""$\sum_j w_j \Theta_{\text{idx}_j}(X_*, X)\, v$."""
-        if self.low_rank:
-            return jnp.einsum("a,air,ajr,j->i", w, self.test_basis[idx], self.eigvecs[idx], v)
-        return jnp.einsum("a,aij,j->i", w, self.kernel_test[idx], v)
 
-    def spectral(self) -> tuple[Array, Array, Array]:
-        """`(eigvals (G, r), eigvecs (G, nk, r), test_basis (G, mk, r))`, ascending order.
+    @abc.abstractmethod
+    def spectral(
+        self,
+    ) -> tuple[Float[Array, "G r"], Float[Array, "G nk r"], Float[Array, "G mk r"]]:
+        r"""`(eigvals, eigvecs, test_basis)` per node, eigenvalues ascending.
 
-        Dense grids are diagonalised here (one `eigh` per node); low-rank grids return what
-        they store. `test_basis = Θ_*(X_*, X) V`.
+        `test_basis` is $\Theta_g(X_*, X) V_g$: with it, the exact solver never forms a test
+        kernel.
         """
-        if self.low_rank:
-            return self.eigvals, self.eigvecs, self.test_basis  # pyright: ignore[reportReturnType]
-        lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
-        return lam, vec, jnp.einsum("gij,gjr->gir", self.kernel_test, vec)
 
+    @abc.abstractmethod
+    def eigenvalues(self) -> Float[Array, "G nk"]:
+        """All `n·k` train-kernel eigenvalues per node, ascending (unstored ones are 0)."""
+
+    @abc.abstractmethod
     def dense_train(self) -> Float[Array, "G nk nk"]:
-        """Train kernels as dense matrices (reconstructed from eigenpairs if low-rank)."""
-        if self.low_rank:
-            return jnp.einsum("gir,gr,gjr->gij", self.eigvecs, self.eigvals, self.eigvecs)
-        return self.kernel_train  # pyright: ignore[reportReturnType]
+        """The train kernels as dense matrices."""
 
-    def compress(self, rank: int) -> "KernelGrid":
-        """A low-rank copy keeping the top-`rank` eigenpairs of each train kernel.
+    @abc.abstractmethod
+    def dense_test(self) -> Float[Array, "G mk nk"]:
+        """The test kernels as dense matrices."""
 
-        The test kernels are projected on the same eigenvectors ($\\Theta_* V V^\\top$).
-        `compression_error[:, 0]` and `[:, 1]` are the relative Frobenius errors of the train
-        and test kernels at each node.
-        """
-        if self.low_rank:
-            raise ValueError("This grid is already low-rank; compress the dense grid instead.")
-        rank = int(rank)
-        if not 1 <= rank <= self.dim:
-            raise ValueError(f"`rank` must be between 1 and n·k = {self.dim}, got {rank}.")
-        lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
-        lam_r, vec_r = lam[:, -rank:], vec[:, :, -rank:]
-        basis = jnp.einsum("gij,gjr->gir", self.kernel_test, vec_r)
-        err_train = jnp.sqrt(jnp.sum(lam[:, :-rank] ** 2, axis=1) / jnp.sum(lam**2, axis=1))
-        approx = jnp.einsum("gir,gjr->gij", basis, vec_r)
-        norm = jnp.sqrt(jnp.sum(self.kernel_test**2, axis=(1, 2)))
-        err_test = jnp.sqrt(jnp.sum((self.kernel_test - approx) ** 2, axis=(1, 2))) / jnp.where(
-            norm > 0, norm, 1.0
-        )
-        err = jnp.stack([err_train, err_test], axis=1)
-        return eqx.tree_at(
-            lambda g: (
-                g.kernel_train,
-                g.kernel_test,
-                g.eigvals,
-                g.eigvecs,
-                g.test_basis,
-                g.compression_error,
-            ),
-            self,
-            (None, None, lam_r, vec_r, basis, err),
-            is_leaf=lambda x: x is None,
-        )
+    @abc.abstractmethod
+    def with_zero_test(self, rows: int) -> "AbstractKernelGrid":
+        """The same grid with zero test kernels of `rows` rows (test outputs then stay put)."""
+
+    def with_nodes(self, nodes: Float[Array, " G"]) -> "AbstractKernelGrid":
+        """The same kernels at other scheduling values (unchecked: for traced code)."""
+        return eqx.tree_at(lambda g: g.nodes, self, jnp.asarray(nodes, self.nodes.dtype))
 
     # ---------------------------------------------------------------- constructors
 
@@ -301,14 +182,14 @@ class KernelGrid(eqx.Module):
         params: PyTree[Array] | Sequence[PyTree[Array]],
         model: Any,
         data: Dataset,
-        nodes,
+        nodes: Float[ArrayLike, " G"],
         *,
-        times=None,
+        times: Float[ArrayLike, " G"] | None = None,
         rank: int | None = None,
-        implementation: str = "auto",
-        u0_train=None,
-        u0_test=None,
-    ) -> "KernelGrid":
+        implementation: Implementation | AbstractNTKImplementation = "auto",
+        u0_train: Float[ArrayLike, "n k"] | None = None,
+        u0_test: Float[ArrayLike, "m k"] | None = None,
+    ) -> "AbstractKernelGrid":
         """Kernels of `model` at given parameter states.
 
         **Arguments:**
@@ -318,12 +199,14 @@ class KernelGrid(eqx.Module):
         - `model`: supplies the non-float structure (`partition(model)[1]`).
         - `data`: train inputs (and test inputs, for the test kernels).
         - `nodes`: scheduling value of each state, strictly increasing.
-        - `rank`: if given, compress to the top-`rank` eigenpairs (see `compress`).
+        - `times`, `u0_train`, `u0_test`: kept on the grid (see the fields).
+        - `rank`: if given, keep the top-`rank` eigenpairs (see [`KernelGrid.compress`][]).
         - `implementation`: passed to [`ntkode.ntk`][].
 
-        **Returns:** a `KernelGrid`.
+        **Returns:** a dense [`ntkode.KernelGrid`][], or a [`ntkode.LowRankKernelGrid`][]
+        when `rank` is given.
         """
-        from .._ntk import ntk
+        from ._dense import KernelGrid  # the dense grid is itself built on this class
 
         static = partition(model)[1]
         if isinstance(params, list | tuple):
@@ -339,18 +222,18 @@ class KernelGrid(eqx.Module):
             raise ValueError(
                 f"{len(states)} parameter states but {nodes.shape[0]} nodes; pass one node each."
             )
-        k = data.n_outputs
+        n, m, k = data.n_train, data.n_test, data.n_outputs
         kts, kss = [], []
         for p in states:
-            m = eqx.combine(p, static)
-            kt = ntk(m, data.x_train, implementation=implementation)
-            kts.append(flatten_kernel(kt, data.n_train, data.n_train, k, "kernel_train"))
-            if data.n_test:
-                ks = ntk(m, data.x_test, data.x_train, implementation=implementation)
-                kss.append(flatten_kernel(ks, data.n_test, data.n_train, k, "kernel_test"))
+            net = eqx.combine(p, static)
+            kt = ntk(net, data.x_train, implementation=implementation)
+            kts.append(flatten_kernel(kt, n, n, k, "kernel_train"))
+            if m:
+                ks = ntk(net, data.x_test, data.x_train, implementation=implementation)
+                kss.append(flatten_kernel(ks, m, n, k, "kernel_test"))
             else:
-                kss.append(jnp.zeros((0, data.n_train * k), kts[-1].dtype))
-        grid = cls(
+                kss.append(jnp.zeros((0, n * k), kts[-1].dtype))
+        grid = KernelGrid(
             nodes,
             jnp.stack(kts),
             jnp.stack(kss),
@@ -364,15 +247,15 @@ class KernelGrid(eqx.Module):
     @classmethod
     def from_solution(
         cls,
-        sol: Any,
-        times,
+        sol: Solution,
+        times: Float[ArrayLike, " G"],
         model: Any,
         data: Dataset,
         *,
         schedule: AbstractSchedule = Time(),
         rank: int | None = None,
-        implementation: str = "auto",
-    ) -> "KernelGrid":
+        implementation: Implementation | AbstractNTKImplementation = "auto",
+    ) -> "AbstractKernelGrid":
         """Kernels along a true-flow solution, at the saved times nearest to `times`.
 
         The solution must carry weights: solve the [`ntkode.GradientFlowProblem`][] with
@@ -381,9 +264,11 @@ class KernelGrid(eqx.Module):
         loss-scheduled grid), sorted increasingly. The grid remembers the run's initial
         outputs as the default starting point of a surrogate.
 
-        **Returns:** a `KernelGrid`.
+        **Returns:** as [`AbstractKernelGrid.from_params`][].
         """
-        if getattr(sol, "weights", None) is None:
+        if not isinstance(sol, Solution):
+            raise TypeError(f"`sol` must be an ntkode.Solution, got {type(sol).__name__}.")
+        if sol.weights is None:
             raise ValueError(
                 "`sol` carries no weights: solve the GradientFlowProblem with "
                 "`save_weights=True` and `saveat` containing the node times."
@@ -432,9 +317,4 @@ def _is_model(x) -> bool:
     return isinstance(x, eqx.Module) and not isinstance(x, jax.Array)
 
 
-def initial_outputs(model: Any, data: Dataset) -> tuple[Array, Array]:
-    """The model's outputs on the train and test inputs (a surrogate's starting point)."""
-    return apply(model, data.x_train), apply(model, data.x_test)
-
-
-__all__ = ["KernelGrid", "initial_outputs"]
+__all__ = ["AbstractKernelGrid", "check_grid", "check_nodes", "init_metadata"]

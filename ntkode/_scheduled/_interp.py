@@ -11,6 +11,11 @@ All interpolations are local: at most `support` neighbouring kernels are active,
 field costs `support` kernel products rather than `G`. Everything is written with `jnp`
 operations only (no Python branching on values), so weights are differentiable in `s` and in
 the node positions, as grid tuning needs.
+
+Every concrete interpolation declares `support` and `convex` (whether its weights are a
+convex combination, which the certificate needs). Piecewise-constant ones derive from
+[`ntkode.schedules.AbstractPiecewiseConstant`][] and list their pieces, which is what lets an
+MSE surrogate be solved exactly, piece by piece (`ntkode/_scheduled/_exact.py`).
 """
 
 import abc
@@ -33,15 +38,15 @@ def _segment(s, nodes):
 
 
 class AbstractInterpolation(eqx.Module):
-    """Convex interpolation weights over grid nodes.
+    """Interpolation weights over grid nodes.
 
     Subclasses implement `local(s, nodes) -> (indices, weights)` for the `support` active
-    kernels; `weights(s, nodes)` expands them to all `G` nodes.
+    kernels, and set the class variables `support` and `convex` (`True` when the weights
+    are non-negative and sum to one); `weights(s, nodes)` expands them to all `G` nodes.
     """
 
     support: eqx.AbstractClassVar[int]
-    # True when the weights are non-negative and sum to one (the certificate needs this).
-    convex: ClassVar[bool] = True
+    convex: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
     def local(
@@ -62,6 +67,7 @@ class Linear(AbstractInterpolation):
     """
 
     support: ClassVar[int] = 2
+    convex: ClassVar[bool] = True
 
     def local(self, s, nodes):
         i, a = _segment(s, nodes)
@@ -78,6 +84,7 @@ class Smoothstep(AbstractInterpolation):
 
     order: int = eqx.field(static=True, default=1)
     support: ClassVar[int] = 2
+    convex: ClassVar[bool] = True
 
     def __check_init__(self):
         if self.order not in (1, 2):
@@ -94,14 +101,30 @@ class Smoothstep(AbstractInterpolation):
         return _pair(i, 1.0 - h, h, nodes)
 
 
-class PiecewiseConstant(AbstractInterpolation):
+class AbstractPiecewiseConstant(AbstractInterpolation):
+    """Weights that are constant on pieces of the schedule axis.
+
+    Subclasses implement `pieces(nodes) -> (bounds, weights)`: switching points
+    `bounds` `(P + 1,)` with `bounds[0] = -∞` and `bounds[P] = +∞`, and each piece's node
+    weights `(P, G)`, or `None` when piece `p` carries node `p`'s own kernel (`P = G`).
+    `local` must agree with them.
+    """
+
+    @abc.abstractmethod
+    def pieces(
+        self, nodes: Float[Array, " G"]
+    ) -> tuple[Float[Array, " P+1"], Float[Array, "P G"] | None]:
+        """Switching points and the node weights of each piece (`None`: one node each)."""
+
+
+class PiecewiseConstant(AbstractPiecewiseConstant):
     r"""One fixed kernel per piece of the schedule axis.
 
     - `mode="nearest"`: the nearest node's kernel.
     - `mode="left"`: the last node passed (a zero-order hold).
     - `mode="average"`: each interval $[s_i, s_{i+1}]$ is cut into `substeps` equal pieces,
       each carrying the linearly interpolated kernel at its midpoint; with `substeps=1` that
-      is $	frac12(\Theta_i + \Theta_{i+1})$. This is the midpoint rule for
+      is $\tfrac12(\Theta_i + \Theta_{i+1})$. This is the midpoint rule for
       [`ntkode.schedules.Linear`][] and converges to it (second order) as `substeps` grows.
 
     With a time schedule and MSE, the surrogate is then piecewise linear-time-invariant and
@@ -112,6 +135,7 @@ class PiecewiseConstant(AbstractInterpolation):
     mode: str = eqx.field(static=True, default="nearest")
     substeps: int = eqx.field(static=True, default=1)
     support: ClassVar[int] = 2
+    convex: ClassVar[bool] = True
 
     def __check_init__(self):
         if self.mode not in ("nearest", "left", "average"):
@@ -135,16 +159,15 @@ class PiecewiseConstant(AbstractInterpolation):
         mid = jnp.where(s < nodes[0], 0.0, jnp.where(s >= nodes[-1], 1.0, mid))
         return _pair(i, 1.0 - mid, mid, nodes)
 
-    def pieces(self, nodes: Float[Array, " G"]) -> tuple[Float[Array, " P+1"], Float[Array, "P G"]]:
-        """Switching points `b` (`b_0 = -∞`, `b_P = +∞`) and each piece's node weights."""
+    def pieces(self, nodes):
         G = nodes.shape[0]
         inf = jnp.full((1,), jnp.inf, nodes.dtype)
-        eye = jnp.eye(G, dtype=nodes.dtype)
         if G == 1:
-            return jnp.concatenate([-inf, inf]), eye
+            return jnp.concatenate([-inf, inf]), None
         if self.mode != "average":
             inner = 0.5 * (nodes[1:] + nodes[:-1]) if self.mode == "nearest" else nodes[1:]
-            return jnp.concatenate([-inf, inner, inf]), eye
+            return jnp.concatenate([-inf, inner, inf]), None
+        eye = jnp.eye(G, dtype=nodes.dtype)
         M = self.substeps
         frac = jnp.arange(M, dtype=nodes.dtype) / M
         starts = (nodes[:-1, None] + frac[None, :] * jnp.diff(nodes)[:, None]).reshape(-1)
@@ -156,10 +179,25 @@ class PiecewiseConstant(AbstractInterpolation):
         return bounds, jnp.concatenate([eye[:1], w.reshape(-1, G), eye[-1:]])
 
 
+def check_interpolation(interpolation) -> None:
+    if not isinstance(interpolation, AbstractInterpolation):
+        raise TypeError(
+            "`interpolation` must be an interpolation from ntkode.schedules (Linear, "
+            f"Smoothstep, PiecewiseConstant), got {type(interpolation).__name__}."
+        )
+
+
 def _pair(i, w0, w1, nodes):
     if nodes.shape[0] == 1:
         return jnp.zeros((1,), jnp.int32), jnp.ones((1,), nodes.dtype)
     return jnp.stack([i, i + 1]), jnp.stack([w0, w1]).astype(nodes.dtype)
 
 
-__all__ = ["AbstractInterpolation", "Linear", "PiecewiseConstant", "Smoothstep"]
+__all__ = [
+    "AbstractInterpolation",
+    "AbstractPiecewiseConstant",
+    "Linear",
+    "PiecewiseConstant",
+    "Smoothstep",
+    "check_interpolation",
+]

@@ -20,10 +20,10 @@ from .._core._gradient_flow import GradientFlowProblem
 from .._core._kernel_flow import KernelFlowProblem
 from .._core._problem import remake
 from .._core._solve import solve
-from .._scheduled._grid import KernelGrid
+from .._scheduled._dense import KernelGrid
 from .._scheduled._interp import AbstractInterpolation, Linear
+from .._scheduled._problem import surrogate_for
 from .._scheduled._schedule import LossLevel, Time
-from .._scheduled._transfer import surrogate_for
 
 
 def _errors(sol, ref) -> dict[str, float]:

@@ -16,7 +16,7 @@ from ..._core._compare import Comparison
 from ..._core._solve import timed_solve
 from ..._plot import pyplot
 from ..._scheduled._certify import certify
-from ..._scheduled._grid import KernelGrid
+from ..._scheduled._dense import KernelGrid
 from ..._scheduled._interp import Linear, PiecewiseConstant, Smoothstep
 from ..._scheduled._problem import ScheduledKernelProblem
 from ..._scheduled._schedule import LossLevel, Time
@@ -57,7 +57,7 @@ class KernelCache:
             start = time.perf_counter()
             params = jax.tree.map(lambda a: a[i : i + 1], self.sol.weights)
             g = KernelGrid.from_params(params, self.model, self.data, jnp.zeros(1))
-            kt, ks = jax.block_until_ready((g.kernel_train[0], g.kernel_test[0]))
+            kt, ks = jax.block_until_ready((g.dense_train()[0], g.dense_test()[0]))
             self.kernels[i] = (kt, ks)
             self.seconds[i] = time.perf_counter() - start
         return self.kernels[i]

@@ -14,9 +14,11 @@ import numpy as np
 import optax
 
 from ..._core._compare import Comparison
+from ..._core._results import result_name
 from ..._core._solve import timed_solve
 from ..._plot import pyplot
 from ..._scheduled._problem import ScheduledKernelProblem
+from ..._tuning._nodes import ScheduleNodes, TimeNodes
 from ..._tuning._tune import tune_grid
 from ._scheduled_rows import INTERPOLATIONS, SCHEDULES, KernelCache, node_times
 
@@ -37,9 +39,14 @@ def add_tuned_rows(
 ) -> dict[str, Any]:
     """Add rows `tuned_<schedule>_G<G>` to `cmp`; returns the `TuneResult` of each row.
 
-    `true` must carry weights (`save_weights=True`). Optimiser: Adam(`learning_rate`) for
-    `steps` steps on the node logits; the best iterate is kept.
+    `nodes`: `"schedule"` ([`ntkode.tuning.ScheduleNodes`][]) or `"time"`
+    ([`ntkode.tuning.TimeNodes`][] on the study's network). `true` must carry weights
+    (`save_weights=True`). Optimiser: Adam(`learning_rate`) for `steps` steps on the node
+    logits; the best iterate is kept.
     """
+    kinds = {"schedule": ScheduleNodes(), "time": TimeNodes(problem.model)}
+    if nodes not in kinds:
+        raise ValueError(f"`nodes` must be 'schedule' or 'time', got {nodes!r}.")
     cache = KernelCache(true, problem.model, problem.data)
     times = node_times(float(problem.t1), grid_sizes)
     interp = INTERPOLATIONS[interpolation]
@@ -64,8 +71,7 @@ def add_tuned_rows(
             res = tune_grid(
                 p,
                 true,
-                nodes=nodes,
-                model=problem.model,
+                nodes=kinds[nodes],
                 optimiser=optax.adam(learning_rate),
                 steps=steps,
                 log=lambda s, label=label: log(f"    {label}{s}"),
@@ -93,6 +99,7 @@ def add_tuned_rows(
                 objective=res.objective,
                 initial_objective=res.initial_objective,
                 tune_steps=res.num_steps,
+                tune_result=result_name(res.result),
                 tune_message=res.message,
             )
             row["error_reduction"] = base / row["max_rel_train_error"]

@@ -1,0 +1,229 @@
+r"""`KernelGrid`: a kernel grid stored densely, `(G, n·k, n·k)` train and `(G, m·k, n·k)` test.
+
+The constructor checks what a grid of neural tangent kernels must be (finite, symmetric and
+positive semi-definite train kernels $J J^\top$, one per strictly increasing node) and says
+which node breaks the rule; [`KernelGrid.compress`][] turns it into a
+[`ntkode.LowRankKernelGrid`][].
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from .._core._errors import is_concrete
+from .._core._kernel_flow import flatten_kernel
+from ._grid import AbstractKernelGrid, check_nodes, init_metadata
+from ._low_rank import LowRankKernelGrid
+
+
+def _check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
+    """Finite, symmetric within tolerance (then symmetrised), PSD within tolerance."""
+    if not is_concrete(k):
+        return 0.5 * (k + jnp.swapaxes(k, -1, -2)) if psd_tol is not None else k
+    a = np.asarray(k)
+    if not np.all(np.isfinite(a)):
+        bad = [g for g in range(G) if not np.all(np.isfinite(a[g]))]
+        raise ValueError(
+            f"`{name}` has non-finite entries (NaN or infinity) at node(s) {bad}; recompute "
+            "those kernels (a diverged reference run is the usual cause)."
+        )
+    if psd_tol is None:
+        return k
+    scale = max(float(np.max(np.abs(a))), np.finfo(a.dtype).tiny)
+    asym = float(np.max(np.abs(a - np.swapaxes(a, -1, -2))))
+    if asym > 1e-4 * scale + 10 * psd_tol * scale:
+        raise ValueError(
+            f"`{name}` is not symmetric (max |K - Kᵀ| = {asym:.3g}, max |K| = {scale:.3g}); "
+            "a train kernel Θ(X, X) is symmetric. Did you pass a test kernel Θ(X*, X)?"
+        )
+    sym = 0.5 * (a + np.swapaxes(a, -1, -2))
+    lam = np.linalg.eigvalsh(sym)
+    lo, hi = lam[:, 0], np.max(np.abs(lam), axis=1)
+    bad = np.flatnonzero(lo < -psd_tol * np.maximum(hi, np.finfo(a.dtype).tiny))
+    if bad.size:
+        g = int(bad[np.argmin(lo[bad])])
+        raise ValueError(
+            f"`{name}` is not positive semi-definite: node {g} has eigenvalue {lo[g]:.6g} "
+            f"(largest |eigenvalue| {hi[g]:.6g}; tolerance {psd_tol:.1g} relative). Neural "
+            "tangent kernels are Gram matrices J Jᵀ; check how the kernel was built, or pass "
+            "`psd_tol=None` to skip this check."
+        )
+    return jnp.asarray(sym, dtype=a.dtype)
+
+
+def _default_tol(dtype) -> float:
+    # Round-off in J Jᵀ gives eigenvalues of order sqrt(eps)·λ_max at worst in practice.
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
+def _inexact(x: Any) -> Array:
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
+
+
+class KernelGrid(AbstractKernelGrid):
+    r"""Neural tangent kernels $\Theta_1, \dots, \Theta_G$ at nodes $s_1 < \dots < s_G$, dense.
+
+    **Arguments:**
+
+    - `nodes`: strictly increasing scheduling values, shape `(G,)`.
+    - `kernel_train`: `(G, n·k, n·k)` or `(G, n, n, k, k)` train kernels $\Theta_g(X, X)$.
+    - `kernel_test`: `(G, m·k, n·k)` or `(G, m, n, k, k)` test kernels $\Theta_g(X_*, X)$;
+      default none (zero rows: test outputs then stay at their initial values).
+    - `n_outputs`: `k`, needed to read flat kernels (default 1).
+    - `times`: optional reference times at which the kernels were taken (metadata).
+    - `u0_train`, `u0_test`: optional outputs at the reference run's start; a
+      [`ntkode.ScheduledKernelProblem`][] starts from them by default.
+    - `psd_tol`: relative tolerance of the symmetry/PSD check (default $\sqrt{\epsilon}$);
+      `None` skips it.
+
+    Other constructors: [`KernelGrid.from_solution`][], [`KernelGrid.from_params`][];
+    [`KernelGrid.compress`][] turns a dense grid into a [`ntkode.LowRankKernelGrid`][].
+    """
+
+    nodes: Float[Array, " G"]
+    kernel_train: Float[Array, "G nk nk"]
+    kernel_test: Float[Array, "G mk nk"]
+    times: Float[Array, " G"] | None
+    u0_train: Float[Array, "n k"] | None
+    u0_test: Float[Array, "m k"] | None
+    n_outputs: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        nodes: Float[ArrayLike, " G"],
+        kernel_train: Float[ArrayLike, "G nk nk"] | Float[ArrayLike, "G n n k k"],
+        kernel_test: Float[ArrayLike, "G mk nk"] | Float[ArrayLike, "G m n k k"] | None = None,
+        *,
+        n_outputs: int = 1,
+        times: Float[ArrayLike, " G"] | None = None,
+        u0_train: Float[ArrayLike, "n k"] | None = None,
+        u0_test: Float[ArrayLike, "m k"] | None = None,
+        psd_tol: float | None | str = "auto",
+    ):
+        nodes = _inexact(nodes)
+        check_nodes(nodes)
+        G = nodes.shape[0]
+        kt = _inexact(kernel_train)
+        if kt.ndim == 5:
+            n, n2, k, k2 = kt.shape[1:]
+            if n != n2 or k != k2:
+                raise ValueError(
+                    f"`kernel_train` has shape {kt.shape}; expected (G, n, n, k, k) for a train "
+                    "kernel Θ(X, X)."
+                )
+            n_outputs = k
+            kt = jax.vmap(lambda a: flatten_kernel(a, n, n, k, "kernel_train"))(kt)
+        if kt.ndim != 3 or kt.shape[1] != kt.shape[2]:
+            raise ValueError(
+                f"`kernel_train` has shape {kt.shape}; expected (G, n·k, n·k) or (G, n, n, k, k)."
+            )
+        if kt.shape[0] != G:
+            raise ValueError(
+                f"`kernel_train` holds {kt.shape[0]} kernels but `nodes` has {G} values; "
+                "pass one kernel per node."
+            )
+        nk = kt.shape[1]
+        if nk % n_outputs:
+            raise ValueError(
+                f"`kernel_train` size {nk} is not a multiple of n_outputs={n_outputs}."
+            )
+        n = nk // n_outputs
+        if kernel_test is None:
+            ks = jnp.zeros((G, 0, nk), kt.dtype)
+        else:
+            ks = jnp.asarray(kernel_test, kt.dtype)
+            if ks.ndim == 5:
+                m = ks.shape[1]
+                ks = jax.vmap(lambda a: flatten_kernel(a, m, n, n_outputs, "kernel_test"))(ks)
+            if ks.ndim != 3 or ks.shape[0] != G or ks.shape[2] != nk or ks.shape[1] % n_outputs:
+                raise ValueError(
+                    f"`kernel_test` has shape {ks.shape}; expected ({G}, m·{n_outputs}, {nk}) or "
+                    f"({G}, m, {n}, {n_outputs}, {n_outputs}) to match `kernel_train`."
+                )
+        tol = _default_tol(kt.dtype) if psd_tol == "auto" else psd_tol
+        if isinstance(tol, str):
+            raise ValueError(f"`psd_tol` must be a number, None or 'auto', got {psd_tol!r}.")
+        self.kernel_train = _check_kernels("kernel_train", kt, G, tol)
+        self.kernel_test = _check_kernels("kernel_test", ks, G, None)
+        self.nodes = nodes.astype(kt.dtype)
+        init_metadata(self, kt.dtype, times, u0_train, u0_test, n_outputs)
+
+    @property
+    def dim(self) -> int:
+        return self.kernel_train.shape[-2]
+
+    @property
+    def n_test_outputs(self) -> int:
+        return self.kernel_test.shape[-2]
+
+    @property
+    def rank(self) -> int:
+        return self.dim
+
+    def train_matvec(self, idx, w, v):
+        return jnp.einsum("a,aij,j->i", w, self.kernel_train[idx], v)
+
+    def test_matvec(self, idx, w, v):
+        return jnp.einsum("a,aij,j->i", w, self.kernel_test[idx], v)
+
+    def spectral(self):
+        # One eigendecomposition per node.
+        lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
+        return lam, vec, jnp.einsum("gij,gjr->gir", self.kernel_test, vec)
+
+    def eigenvalues(self):
+        return jax.vmap(jnp.linalg.eigvalsh)(self.kernel_train)
+
+    def dense_train(self):
+        return self.kernel_train
+
+    def dense_test(self):
+        return self.kernel_test
+
+    def with_zero_test(self, rows):
+        zero = jnp.zeros((self.size, rows, self.dim), self.kernel_train.dtype)
+        return eqx.tree_at(lambda g: g.kernel_test, self, zero)
+
+    def compress(self, rank: int) -> LowRankKernelGrid:
+        r"""A low-rank copy keeping the top-`rank` eigenpairs $V_r, \Lambda_r$ of each kernel.
+
+        The test kernels are projected on the same eigenvectors ($\Theta_* V_r V_r^\top$).
+        The result's `compression_error[:, 0]` and `[:, 1]` are the relative Frobenius errors
+        of the train and test kernels at each node.
+
+        **Returns:** a [`ntkode.LowRankKernelGrid`][].
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+            raise TypeError(f"`rank` must be an integer, got {rank!r}.")
+        rank = int(rank)
+        if not 1 <= rank <= self.dim:
+            raise ValueError(f"`rank` must be between 1 and n·k = {self.dim}, got {rank}.")
+        lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
+        lam_r, vec_r = lam[:, -rank:], vec[:, :, -rank:]
+        basis = jnp.einsum("gij,gjr->gir", self.kernel_test, vec_r)
+        # ‖Θ - V_r Λ_r V_rᵀ‖_F² is the sum of the discarded λ².
+        err_train = jnp.sqrt(jnp.sum(lam[:, :-rank] ** 2, axis=1) / jnp.sum(lam**2, axis=1))
+        approx = jnp.einsum("gir,gjr->gij", basis, vec_r)
+        norm = jnp.sqrt(jnp.sum(self.kernel_test**2, axis=(1, 2)))
+        err_test = jnp.sqrt(jnp.sum((self.kernel_test - approx) ** 2, axis=(1, 2))) / jnp.where(
+            norm > 0, norm, 1.0
+        )
+        return LowRankKernelGrid(
+            self.nodes,
+            lam_r,
+            vec_r,
+            basis,
+            compression_error=jnp.stack([err_train, err_test], axis=1),
+            n_outputs=self.n_outputs,
+            times=self.times,
+            u0_train=self.u0_train,
+            u0_test=self.u0_test,
+        )
+
+
+__all__ = ["KernelGrid"]
