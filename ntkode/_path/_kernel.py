@@ -73,7 +73,16 @@ class PathKernel(eqx.Module):
     - `outputs`: $f(\theta_T, x_q)$ from the trained weights, shape `(q, k)`.
     - `reconstruction`: $\sum_i K(x_q, x_i)\,a_i(x_q) + b(x_q)$, shape `(q, k)`.
     - `residual`: $\|f(\theta_T) - \text{reconstruction}\| / \|f(\theta_T) - f(\theta_0)\|$ over
-      all queries (relative to how far the outputs moved, the strict choice).
+      all queries (relative to how far the outputs moved, the strict choice). It measures
+      whether the kernel machine reproduces the *solved* weights: errors that the solver makes
+      in $\theta$, $K$ and $W$ alike largely cancel in it, so it is not the error of
+      $f(\theta_T)$ (it understates it by orders of magnitude at loose tolerances).
+    - `output_error`: an estimate of the error of `outputs` itself, relative to the same
+      movement: for [`ntkode.PathFlow`][], $\|f(\theta_T) - f(\theta_T^\star)\| /
+      \|f(\theta_T) - f(\theta_0)\|$ with $\theta_T^\star$ from a second solve of the weights
+      alone at 100× tighter tolerances (`NaN` if the estimate was switched off); `0` for
+      [`ntkode.PathGradientDescent`][], whose steps are the training run itself. The error of
+      the kernel machine against the true flow is at most `residual + output_error`.
     - `model`: the trained model $\theta_T$.
     - `result`, `stats`: how the run ended ([`ntkode.RESULTS`][]) and its step counts.
     - `method`: the [`ntkode.AbstractPathMethod`][] that made it.
@@ -86,6 +95,7 @@ class PathKernel(eqx.Module):
     outputs: Float[Array, "q k"]
     reconstruction: Float[Array, "q k"]
     residual: Float[Array, ""]
+    output_error: Float[Array, ""]
     model: Any
     result: RESULTS
     stats: dict[str, Array]
@@ -131,13 +141,26 @@ def assemble(
     result: RESULTS,
     stats: dict[str, Array],
     method: AbstractPathMethod,
+    reference_T: PyTree[Array] | None = None,
+    exact: bool = False,
 ) -> PathKernel:
-    """The [`ntkode.PathKernel`][] of a finished run: Domingos' weights and the residual."""
+    """The [`ntkode.PathKernel`][] of a finished run: Domingos' weights and the residual.
+
+    `reference_T`: weights at the end of a more accurate solve of the same run (for the
+    output-error estimate); `exact=True` for a run without discretisation error (gradient
+    descent). With neither, `output_error` is `NaN` (not estimated).
+    """
     _, static = partition(problem.model)
     model_T = eqx.combine(params_T, static)
     b = apply(problem.model, queries)
     f_T = apply(model_T, queries)
     a, recon, residual = _domingos(K, W, b, f_T, problem.learning_rate, K.ndim == 2)
+    if reference_T is None:
+        output_error = jnp.asarray(0.0 if exact else jnp.nan, f_T.dtype)
+    else:
+        f_star = apply(eqx.combine(reference_T, static), queries)
+        moved = jnp.linalg.norm(f_T - b)
+        output_error = jnp.linalg.norm(f_T - f_star) / jnp.where(moved > 0, moved, 1.0)
     if not bool(jnp.all(jnp.isfinite(f_T))):
         # Gradient descent (or a failed solve) diverged: say so rather than hand back NaNs.
         result = RESULTS.diverged
@@ -149,6 +172,7 @@ def assemble(
         outputs=f_T,
         reconstruction=recon,
         residual=residual,
+        output_error=output_error,
         model=model_T,
         result=result,
         stats=stats,
