@@ -70,7 +70,7 @@ def main(argv=None):
     print(f"{'nodes':<9}{'adjoint':<28}{'J ms':>9}{'J+grad ms':>11}{'ratio':>8}")
     adjoints = [
         diffrax.RecursiveCheckpointAdjoint(),
-        diffrax.BacksolveAdjoint(),
+        diffrax.DirectAdjoint(),
         diffrax.ForwardMode(),
     ]
     for nodes in ("schedule", "time"):

@@ -97,9 +97,10 @@ def test_adjoints_agree():
     p = eqx.tree_at(lambda q: q.interpolation, _problem(), S.Smoothstep(order=2))
     _, model, ref = _setup()
     grads = {}
+    # (BacksolveAdjoint is refused by SolveOptions: unstable on dissipative training flows.)
     for adjoint in (
         diffrax.RecursiveCheckpointAdjoint(),
-        diffrax.BacksolveAdjoint(),
+        diffrax.DirectAdjoint(),
         diffrax.ForwardMode(),
     ):
         # Tight tolerances: every adjoint then approximates the same continuous gradient.
@@ -108,8 +109,8 @@ def test_adjoints_agree():
     base = grads["RecursiveCheckpointAdjoint"]
     # ForwardMode differentiates the same discrete solve: round-off only.
     np.testing.assert_allclose(grads["ForwardMode"], base, rtol=1e-8)
-    # BacksolveAdjoint solves the continuous adjoint ODE; both at rtol 1e-10: measured ~1e-6.
-    np.testing.assert_allclose(grads["BacksolveAdjoint"], base, rtol=1e-5)
+    # DirectAdjoint differentiates the same discrete solve too.
+    np.testing.assert_allclose(grads["DirectAdjoint"], base, rtol=1e-8)
 
 
 def test_linear_model_objective_is_zero_and_stays_zero():

@@ -8,16 +8,11 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._data import Dataset
 from ._errors import check_finite
+from ._exact import exact_solution
 from ._losses import MSE, AbstractLoss, mse
 from ._model import apply, check_model_data
 from ._options import ResolvedOptions
-from ._problem import (
-    AbstractProblem,
-    init_common,
-    initial_outputs,
-    make_solution,
-    solve_function_space,
-)
+from ._problem import AbstractProblem, init_common, initial_outputs, solve_function_space
 from ._regression import mse_flow
 from ._solution import Solution
 
@@ -148,14 +143,17 @@ class KernelFlowProblem(AbstractProblem):
         if options.save_weights:
             raise ValueError("`save_weights=True` applies to GradientFlowProblem only.")
         if solver is None and isinstance(self.loss, MSE):
-            u, us, du, dus = mse_flow(
-                self.kernel_train,
-                self.kernel_test,
-                self.u0_train,
-                self.u0_test,
-                self.data.y_train,
-                self.learning_rate,
-                options.ts - self.t0,
-            )
-            return make_solution(self, options.ts, u, us, du, dus, kind="kernel")
+            return exact_solution(self, self._exact_outputs, options, kind="kernel")
         return solve_function_space(self, self.vector_field, solver, options, kind="kernel")
+
+    def _exact_outputs(self, ts):
+        """The closed-form MSE flow at times `ts` (Lee et al. 2019, eq. 9-10)."""
+        return mse_flow(
+            self.kernel_train,
+            self.kernel_test,
+            self.u0_train,
+            self.u0_test,
+            self.data.y_train,
+            self.learning_rate,
+            ts - self.t0,
+        )

@@ -45,6 +45,14 @@ def check_model_data(model: Any, data: Any) -> None:
         raise ValueError("`model` has no floating-point arrays to train.")
     k = num_outputs(model, data.x_train, "x_train")
     if k != data.n_outputs:
+        if data.num_classes is not None:
+            raise ValueError(
+                f"The model has {k} output(s) per example but the data hold integer class "
+                f"labels, read as {data.num_classes} classes (one-hot targets of "
+                f"{data.num_classes} columns); build the model with "
+                f"out_size={data.num_classes}, or pass Dataset(..., num_classes={k}) if there "
+                f"are {k} classes."
+            )
         raise ValueError(
             f"The model has {k} output(s) per example but the targets `y_train` have "
             f"{data.n_outputs}; build the model with out_size={data.n_outputs} "
