@@ -266,7 +266,7 @@ def test_compare_quick_tune_writes_rows_and_figure(tmp_path):
         cmd + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads((out / "results.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["rows"]
     for name in ("time", "loss"):
         row = rows[f"tuned_{name}_G8"]
         # The best iterate is kept: the tuned objective never exceeds the uniform grid's.

@@ -5,6 +5,7 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._data import Dataset
@@ -111,7 +112,10 @@ class GradientFlowProblem(AbstractProblem):
         t_stop = sol.ts[1][0]  # pyright: ignore[reportOptionalSubscript]
         uf, usf, duf, dusf, wf = jax.tree.map(lambda a: a[0], end)
         if w is not None:
-            # Past an event the network stopped training: it keeps its weights at the stop.
+            # Past an event the network stopped training: it keeps its weights at the stop
+            # (past a failure they were never computed: NaN).
+            stopped = sol.result == diffrax.RESULTS.event_occurred
+            wf = jax.tree.map(lambda a: jnp.where(stopped, a, jnp.nan), wf)
             w = hold(options.ts <= t_stop, w, wf)
         return make_solution(
             self,

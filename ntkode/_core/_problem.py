@@ -87,8 +87,9 @@ def make_solution(
     `result` is a result code (diffrax's or ntkode's; default: successful) and `stats`
     diffrax's step stats (default: zero steps, as for exact closed forms). `final` is
     `(t_stop, u, us, du, dus)` where the solve stopped (default: the last saved time, for
-    paths that can only evaluate the saved times); saved times past `t_stop` (an event)
-    get the outputs and weights at the stop, held constant, and zero derivatives.
+    paths that can only evaluate the saved times); saved times past `t_stop` get the
+    outputs at the stop, held constant, with zero derivatives, if an event stopped the
+    solve, and NaN if it failed there (see [`ntkode.Solution`][]).
     """
     if stats is None:
         zero = jnp.array(0)
@@ -100,9 +101,16 @@ def make_solution(
         final = (ts[-1], u[-1], us[-1], du[-1], dus[-1])
     t_stop, uf, usf, duf, dusf = final
     t_stop = jnp.asarray(t_stop, ts.dtype)
+    result = RESULTS.successful if result is None else promote(result)
     reached = ts <= t_stop
-    u, us = hold(reached, u, uf), hold(reached, us, usf)
-    du, dus = hold(reached, du, jnp.zeros_like(duf)), hold(reached, dus, jnp.zeros_like(dusf))
+    # Past an event, training stopped: the stop state holds. Past a failure, nothing was
+    # computed: NaN, never a value that looks like a result.
+    stopped = result == RESULTS.event_occurred
+    nan = lambda a: jnp.full_like(a, jnp.nan)
+    fill = lambda a: jnp.where(stopped, a, nan(a))
+    u, us = hold(reached, u, fill(uf)), hold(reached, us, fill(usf))
+    du = hold(reached, du, fill(jnp.zeros_like(duf)))
+    dus = hold(reached, dus, fill(jnp.zeros_like(dusf)))
     return Solution(
         t=ts,
         train=u,
@@ -110,7 +118,7 @@ def make_solution(
         train_dot=du,
         test_dot=dus,
         weights=weights,
-        result=RESULTS.successful if result is None else promote(result),
+        result=result,
         stats=stats,
         y_train=problem.data.y_train,
         y_test=problem.data.y_test,
