@@ -71,7 +71,7 @@ def main(argv=None):
     print(f"{'nodes':<9}{'adjoint':<28}{'J ms':>9}{'J+grad ms':>11}{'ratio':>8}")
     adjoints = [
         diffrax.RecursiveCheckpointAdjoint(),
-        diffrax.BacksolveAdjoint(),
+        diffrax.DirectAdjoint(),
         diffrax.ForwardMode(),
     ]
     kinds = {"schedule": nk.tuning.ScheduleNodes(), "time": nk.tuning.TimeNodes(problem.model)}

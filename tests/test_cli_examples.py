@@ -37,7 +37,10 @@ def test_compare_quick_writes_results(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "results.json").read_text())
+    record = json.loads((out / "results.json").read_text())
+    assert record["study"] == "compare" and record["status"] == "finished"
+    assert record["settings"]["width"] == 64 and record["machine"]["cpus"] >= 1
+    results = record["rows"]
     for method in ("true", "true_loose", "frozen"):
         for key in (
             "max_rel_train_error",
@@ -54,6 +57,31 @@ def test_compare_quick_writes_results(tmp_path):
     )
     assert (out / "compare.png").stat().st_size > 10_000
     assert "frozen" in proc.stdout and "train err" in proc.stdout
+    # Timings say how they were measured, and on what machine (load average).
+    assert results["true"]["timing"] == "single-shot"
+    assert results["frozen"]["timing"] == "median of 5"
+    assert "single-shot" in proc.stdout and "load average" in proc.stdout
+    # In a pipe: no progress-bar fragments, one line per stage with its time.
+    assert "\r" not in proc.stdout and proc.stdout.count(" s)") >= 3
+
+
+def test_readme_examples_run(tmp_path):
+    # Every python block of the README, in order, in one namespace (STYLE §9).
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) >= 2
+    script = tmp_path / "readme.py"
+    script.write_text("\n\n".join(blocks))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "frozen" in proc.stdout  # the comparison table was printed
 
 
 def test_cli_rejects_bad_arguments(tmp_path):

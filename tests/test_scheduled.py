@@ -532,7 +532,7 @@ def test_compare_study_scheduled_rows(tmp_path):
     )
     import json
 
-    rows = json.loads((tmp_path / "results.json").read_text())
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     for name in ("scheduled_time_G2", "scheduled_loss_G2", "scheduled_time_exact_G2"):
         for key in (
             "max_rel_train_error",

@@ -101,9 +101,10 @@ def test_adjoints_agree():
     p = eqx.tree_at(lambda q: q.interpolation, _problem(), S.Smoothstep(order=2))
     _, model, ref = _setup()
     grads = {}
+    # (BacksolveAdjoint is refused by SolveOptions: unstable on dissipative training flows.)
     for adjoint in (
         diffrax.RecursiveCheckpointAdjoint(),
-        diffrax.BacksolveAdjoint(),
+        diffrax.DirectAdjoint(),
         diffrax.ForwardMode(),
     ):
         # Tight tolerances: every adjoint then approximates the same continuous gradient.
@@ -112,8 +113,8 @@ def test_adjoints_agree():
     base = grads["RecursiveCheckpointAdjoint"]
     # ForwardMode differentiates the same discrete solve: round-off only.
     np.testing.assert_allclose(grads["ForwardMode"], base, rtol=1e-8)
-    # BacksolveAdjoint solves the continuous adjoint ODE; both at rtol 1e-10: measured ~1e-6.
-    np.testing.assert_allclose(grads["BacksolveAdjoint"], base, rtol=1e-5)
+    # DirectAdjoint differentiates the same discrete solve too.
+    np.testing.assert_allclose(grads["DirectAdjoint"], base, rtol=1e-8)
 
 
 def test_linear_model_objective_is_zero_and_stays_zero():
@@ -309,7 +310,7 @@ def test_compare_quick_tune_writes_rows_and_figure(tmp_path):
         cmd + ["--out", str(out)], capture_output=True, text=True, env=env, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads((out / "results.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["rows"]
     for name in ("time", "loss"):
         row = rows[f"tuned_{name}_G8"]
         # The best iterate is kept: the tuned objective never exceeds the uniform grid's.

@@ -13,34 +13,54 @@ from ._solution import Solution
 ROW_KEYS = ("max_rel_train_error", "final_train_loss", "final_test_loss", "seconds", "steps")
 
 
-def _rel_error(u, u_ref, scale) -> float:
+def _rel_error(u, u_ref, scale, mask) -> float:
     if u_ref.shape[-2] == 0 or scale == 0:
         return math.nan
     diff = jnp.sqrt(jnp.sum((u - u_ref) ** 2, axis=(-2, -1)))
-    return float(jnp.max(diff) / scale)
+    return float(jnp.max(jnp.where(mask, diff, 0.0)) / scale)
+
+
+def check_comparable(sol: Solution, reference: Solution) -> None:
+    """Raise a sentence unless `sol` and `reference` are solutions on the same data."""
+    for name in ("y_train", "y_test"):
+        a, b = getattr(sol, name), getattr(reference, name)
+        if a.shape != b.shape or not bool(jnp.allclose(a, b, rtol=1e-6, atol=1e-12)):
+            what = f"shapes {a.shape} and {b.shape}" if a.shape != b.shape else "values"
+            raise ValueError(
+                f"compare: the solutions were solved on different data (their `{name}` "
+                f"differ in {what}); trajectory errors only mean something on the same "
+                "training and test sets."
+            )
+    lo, hi = float(reference.t[0]), float(reference.t[-1])
+    if float(sol.t[0]) > lo or float(sol.t[-1]) < hi:
+        raise ValueError(
+            f"compare: a solution saved times [{float(sol.t[0])}, {float(sol.t[-1])}] but the "
+            f"reference needs [{lo}, {hi}]; solve both over the same `tspan` and `saveat`."
+        )
 
 
 def trajectory_errors(sol: Solution, reference: Solution) -> dict[str, float]:
     r"""Max relative trajectory errors of `sol` against `reference` on the reference's times.
 
-    $\max_t \|u(t) - u_{ref}(t)\| / \|u_{ref}(0) - Y\|$ on train outputs, and the same on test
-    outputs (with test targets). `sol` is interpolated (`sol(t)`) where its times differ.
+    $\max_t \|u(t) - u_{ref}(t)\| / \|u_{ref}(0) - Y\|$ on train outputs, and the same on
+    test outputs (with test targets). `sol` is interpolated (`sol(t)`) where its times
+    differ. If an event stopped either solve, the maximum runs up to the earlier stop only
+    (past it one of them no longer trains). Solutions on different data are refused.
     """
-    if sol.train.shape[1:] != reference.train.shape[1:]:
-        raise ValueError(
-            f"Solutions have train outputs of shape {sol.train.shape[1:]} and "
-            f"{reference.train.shape[1:]}; compare solutions of the same data."
-        )
+    sol._single("trajectory_errors")
+    reference._single("trajectory_errors")
+    check_comparable(sol, reference)
     ts = reference.t
     if sol.t.shape == ts.shape and bool(jnp.allclose(sol.t, ts)):
         u, us = sol.train, sol.test
     else:
         u, us = sol(ts)
+    mask = ts <= jnp.minimum(sol.t_stop, reference.t_stop)
     scale = float(jnp.linalg.norm(reference.train[0] - reference.y_train))
     scale_test = float(jnp.linalg.norm(reference.test[0] - reference.y_test))
     return {
-        "max_rel_train_error": _rel_error(u, reference.train, scale),
-        "max_rel_test_error": _rel_error(us, reference.test, scale_test),
+        "max_rel_train_error": _rel_error(u, reference.train, scale, mask),
+        "max_rel_test_error": _rel_error(us, reference.test, scale_test, mask),
     }
 
 
@@ -57,10 +77,12 @@ class Comparison:
     ) -> dict[str, Any]:
         """Add method `name` (errors measured against `reference`, default: itself)."""
         errs = trajectory_errors(sol, reference if reference is not None else sol)
+        end = sol.summary()
         row = {
             **errs,
-            "final_train_loss": float(sol.train_loss[-1]),
-            "final_test_loss": float(sol.test_loss[-1]),
+            "final_train_loss": end["final_train_loss"],
+            "final_test_loss": end["final_test_loss"],
+            "t_end": end["t_end"],
             "steps": int(sol.num_steps),
             "result": result_name(sol.result),
             "retcode": sol.message,

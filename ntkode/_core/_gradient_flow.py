@@ -5,6 +5,7 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._data import Dataset
@@ -12,7 +13,7 @@ from ._errors import is_concrete
 from ._losses import AbstractLoss, mse
 from ._model import apply, check_model_data, partition
 from ._options import ResolvedOptions
-from ._problem import AbstractProblem, init_common, make_solution
+from ._problem import AbstractProblem, hold, init_common, make_solution
 from ._solution import Solution
 
 
@@ -93,7 +94,13 @@ class GradientFlowProblem(AbstractProblem):
             options.dt0,
             params,
             args=self.learning_rate,
-            saveat=diffrax.SaveAt(ts=options.ts, fn=save),
+            # The saved times, and the state where the solve stopped (t1, or an event).
+            saveat=diffrax.SaveAt(
+                subs=[
+                    diffrax.SubSaveAt(ts=options.ts, fn=save),
+                    diffrax.SubSaveAt(t1=True, fn=save),
+                ]
+            ),
             stepsize_controller=options.controller,
             adjoint=options.adjoint,
             event=options.event,
@@ -101,7 +108,25 @@ class GradientFlowProblem(AbstractProblem):
             throw=False,
             progress_meter=options.progress_meter,
         )
-        u, us, du, dus, w = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+        (u, us, du, dus, w), end = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+        t_stop = sol.ts[1][0]  # pyright: ignore[reportOptionalSubscript]
+        uf, usf, duf, dusf, wf = jax.tree.map(lambda a: a[0], end)
+        if w is not None:
+            # Past an event the network stopped training: it keeps its weights at the stop
+            # (past a failure they were never computed: NaN).
+            stopped = sol.result == diffrax.RESULTS.event_occurred
+            wf = jax.tree.map(lambda a: jnp.where(stopped, a, jnp.nan), wf)
+            w = hold(options.ts <= t_stop, w, wf)
         return make_solution(
-            self, sol.ts, u, us, du, dus, kind="true", result=sol.result, stats=sol.stats, weights=w
+            self,
+            options.ts,
+            u,
+            us,
+            du,
+            dus,
+            kind="true",
+            result=sol.result,
+            stats=sol.stats,
+            weights=w,
+            final=(t_stop, uf, usf, duf, dusf),
         )

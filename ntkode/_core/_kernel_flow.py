@@ -7,17 +7,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._data import Dataset
-from ._errors import check_finite
+from ._errors import check_finite, check_psd_kernels, default_psd_tol
+from ._exact import exact_solution
 from ._losses import MSE, AbstractLoss, mse
 from ._model import apply, check_model_data
 from ._options import ResolvedOptions
-from ._problem import (
-    AbstractProblem,
-    init_common,
-    initial_outputs,
-    make_solution,
-    solve_function_space,
-)
+from ._problem import AbstractProblem, init_common, initial_outputs, solve_function_space
 from ._regression import mse_flow
 from ._solution import Solution
 
@@ -76,6 +71,9 @@ class KernelFlowProblem(AbstractProblem):
       zeros (test outputs then stay at `u0_test`).
     - `u0_train`, `u0_test`: outputs `(n, k)`, `(m, k)` at `t0` (default zeros: a kernel
       machine from zero).
+    - `psd_tol`: `kernel_train` must be symmetric and positive semi-definite within this
+      relative tolerance (default $\sqrt{\epsilon}$ of the data's precision); a negative
+      eigenvalue would make the flow grow the loss exponentially. `None` skips the check.
 
     Use [`KernelFlowProblem.from_model`][] for the empirical NTK of a network.
     """
@@ -99,6 +97,8 @@ class KernelFlowProblem(AbstractProblem):
         kernel_test: Float[ArrayLike, "m n"] | Float[ArrayLike, "m n k k"] | None = None,
         u0_train: Float[ArrayLike, "n k"] | None = None,
         u0_test: Float[ArrayLike, "m k"] | None = None,
+        *,
+        psd_tol: float | None | str = "auto",
     ):
         init_common(self, data, loss, tspan, learning_rate)
         n, m, k = data.n_train, data.n_test, data.n_outputs
@@ -111,6 +111,11 @@ class KernelFlowProblem(AbstractProblem):
         self.u0_test = initial_outputs("u0_test", u0_test, (m, k), dtype)
         for name in ("kernel_train", "kernel_test"):
             check_finite(name, getattr(self, name))
+        if psd_tol == "auto":
+            psd_tol = default_psd_tol(dtype)
+        elif psd_tol is not None and not isinstance(psd_tol, int | float):
+            raise TypeError(f"`psd_tol` must be a number, None or 'auto', got {psd_tol!r}.")
+        check_psd_kernels("kernel_train", self.kernel_train[None], psd_tol)
 
     @classmethod
     def from_model(
@@ -148,14 +153,17 @@ class KernelFlowProblem(AbstractProblem):
         if options.save_weights:
             raise ValueError("`save_weights=True` applies to GradientFlowProblem only.")
         if solver is None and isinstance(self.loss, MSE):
-            u, us, du, dus = mse_flow(
-                self.kernel_train,
-                self.kernel_test,
-                self.u0_train,
-                self.u0_test,
-                self.data.y_train,
-                self.learning_rate,
-                options.ts - self.t0,
-            )
-            return make_solution(self, options.ts, u, us, du, dus, kind="kernel")
+            return exact_solution(self, self._exact_outputs, options, kind="kernel")
         return solve_function_space(self, self.vector_field, solver, options, kind="kernel")
+
+    def _exact_outputs(self, ts):
+        """The closed-form MSE flow at times `ts` (Lee et al. 2019, eq. 9-10)."""
+        return mse_flow(
+            self.kernel_train,
+            self.kernel_test,
+            self.u0_train,
+            self.u0_test,
+            self.data.y_train,
+            self.learning_rate,
+            ts - self.t0,
+        )

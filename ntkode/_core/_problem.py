@@ -20,7 +20,7 @@ from ._errors import check_finite, check_positive, check_tspan
 from ._losses import AbstractLoss, as_loss
 from ._options import ResolvedOptions
 from ._results import RESULTS, promote
-from ._solution import Solution
+from ._solution import Outputs, Solution
 
 
 class AbstractProblem(eqx.Module):
@@ -54,6 +54,8 @@ def init_common(self, data, loss, tspan, learning_rate) -> None:
     check_positive("learning_rate", learning_rate)
     self.data = data
     self.loss = as_loss(loss)
+    for name in ("y_train", "y_test"):
+        self.loss.check_targets(getattr(data, name), name)
     # Times and the learning rate follow the data's precision (float32 data, float32 solve).
     dtype = data.y_train.dtype
     self.tspan = (jnp.asarray(t0, dtype=dtype), jnp.asarray(t1, dtype=dtype))
@@ -77,17 +79,38 @@ def _stats(stats) -> dict[str, Array]:
     }
 
 
-def make_solution(problem, ts, u, us, du, dus, *, kind, result=None, stats=None, weights=None):
-    """A `Solution` of `problem` from saved outputs and their time derivatives.
+def make_solution(
+    problem, ts, u, us, du, dus, *, kind, result=None, stats=None, weights=None, final=None
+):
+    """A `Solution` of `problem` from outputs and their time derivatives at the times `ts`.
 
     `result` is a result code (diffrax's or ntkode's; default: successful) and `stats`
-    diffrax's step stats (default: zero steps, as for exact closed forms).
+    diffrax's step stats (default: zero steps, as for exact closed forms). `final` is
+    `(t_stop, u, us, du, dus)` where the solve stopped (default: the last saved time, for
+    paths that can only evaluate the saved times); saved times past `t_stop` get the
+    outputs at the stop, held constant, with zero derivatives, if an event stopped the
+    solve, and NaN if it failed there (see [`ntkode.Solution`][]).
     """
     if stats is None:
         zero = jnp.array(0)
         stats = {"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero}
     else:
         stats = _stats(stats)
+    watches_events = final is not None
+    if final is None:
+        final = (ts[-1], u[-1], us[-1], du[-1], dus[-1])
+    t_stop, uf, usf, duf, dusf = final
+    t_stop = jnp.asarray(t_stop, ts.dtype)
+    result = RESULTS.successful if result is None else promote(result)
+    reached = ts <= t_stop
+    # Past an event, training stopped: the stop state holds. Past a failure, nothing was
+    # computed: NaN, never a value that looks like a result.
+    stopped = result == RESULTS.event_occurred
+    nan = lambda a: jnp.full_like(a, jnp.nan)
+    fill = lambda a: jnp.where(stopped, a, nan(a))
+    u, us = hold(reached, u, fill(uf)), hold(reached, us, fill(usf))
+    du = hold(reached, du, fill(jnp.zeros_like(duf)))
+    dus = hold(reached, dus, fill(jnp.zeros_like(dusf)))
     return Solution(
         t=ts,
         train=u,
@@ -95,13 +118,27 @@ def make_solution(problem, ts, u, us, du, dus, *, kind, result=None, stats=None,
         train_dot=du,
         test_dot=dus,
         weights=weights,
-        result=RESULTS.successful if result is None else promote(result),
+        result=result,
         stats=stats,
         y_train=problem.data.y_train,
         y_test=problem.data.y_test,
         loss=problem.loss,
+        t_stop=t_stop,
+        final=Outputs(uf, usf),
+        final_dot=Outputs(duf, dusf),
         kind=kind,
+        watches_events=watches_events,
     )
+
+
+def hold(reached: Array, saved: Any, final: Any) -> Any:
+    """`saved` (leading axis: saved times) where `reached`, else `final` (a pytree each)."""
+
+    def one(a, b):
+        mask = reached.reshape(reached.shape + (1,) * (a.ndim - 1))
+        return jnp.where(mask, a, b[None])
+
+    return jax.tree.map(one, saved, final)
 
 
 def solve_function_space(problem, field, solver, options: ResolvedOptions, kind: str) -> Solution:
@@ -115,8 +152,8 @@ def solve_function_space(problem, field, solver, options: ResolvedOptions, kind:
         options.dt0,
         (problem.u0_train, problem.u0_test),
         args=problem.learning_rate,
-        # Outputs only (no `SaveAt(fn=...)`): diffrax.BacksolveAdjoint accepts nothing else.
-        saveat=diffrax.SaveAt(ts=options.ts),
+        # The saved times, and the state where the solve stopped (t1, or an event).
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=options.ts), diffrax.SubSaveAt(t1=True)]),
         stepsize_controller=options.controller,
         adjoint=options.adjoint,
         event=options.event,
@@ -124,10 +161,22 @@ def solve_function_space(problem, field, solver, options: ResolvedOptions, kind:
         throw=False,
         progress_meter=options.progress_meter,
     )
-    u, us = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
-    du, dus = jax.vmap(lambda t, a, b: field(t, (a, b), problem.learning_rate))(sol.ts, u, us)
+    (u, us), (uf, usf) = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+    t_stop = sol.ts[1][0]  # pyright: ignore[reportOptionalSubscript]
+    velocity = jax.vmap(lambda t, a, b: field(t, (a, b), problem.learning_rate))
+    du, dus = velocity(options.ts, u, us)
+    duf, dusf = field(t_stop, (uf[0], usf[0]), problem.learning_rate)
     return make_solution(
-        problem, sol.ts, u, us, du, dus, kind=kind, result=sol.result, stats=sol.stats
+        problem,
+        options.ts,
+        u,
+        us,
+        du,
+        dus,
+        kind=kind,
+        result=sol.result,
+        stats=sol.stats,
+        final=(t_stop, uf[0], usf[0], duf, dusf),
     )
 
 

@@ -7,6 +7,7 @@ file intact; arrays and numpy scalars become lists and numbers, result codes the
 import json
 import math
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,8 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     if folder:
         os.makedirs(folder, exist_ok=True)
     text = json.dumps(_clean(json.loads(json.dumps(data, default=_default))), indent=1)
-    tmp = path + ".tmp"
+    # A name of its own per writer: two threads writing at once never share a temporary.
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as f:
         f.write(text + "\n")
     os.replace(tmp, path)
@@ -58,3 +60,53 @@ def read_json(path: str | os.PathLike) -> Any | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def solution_arrays(sol: Any) -> dict[str, np.ndarray]:
+    """A single-trajectory [`ntkode.Solution`][] as named arrays (weights left out), for
+    `np.savez`; [`solution_from_arrays`][] reads them back."""
+    from ._results import result_name
+
+    out = {
+        name: np.asarray(getattr(sol, name))
+        for name in ("t", "train", "test", "train_dot", "test_dot", "y_train", "y_test", "t_stop")
+    }
+    out.update(
+        final_train=np.asarray(sol.final.train),
+        final_test=np.asarray(sol.final.test),
+        final_train_dot=np.asarray(sol.final_dot.train),
+        final_test_dot=np.asarray(sol.final_dot.test),
+        result=np.asarray(result_name(sol.result)),
+        loss=np.asarray(sol.loss.name),
+        kind=np.asarray(sol.kind),
+    )
+    out.update({f"stats_{k}": np.asarray(v) for k, v in sol.stats.items()})
+    return out
+
+
+def solution_from_arrays(a: dict[str, np.ndarray], weights: Any = None) -> Any:
+    """The [`ntkode.Solution`][] saved by [`solution_arrays`][] (with `weights` if given)."""
+    import jax.numpy as jnp
+
+    from ._losses import as_loss
+    from ._results import RESULTS
+    from ._solution import Outputs, Solution
+
+    arr = lambda k: jnp.asarray(a[k])
+    return Solution(
+        t=arr("t"),
+        train=arr("train"),
+        test=arr("test"),
+        train_dot=arr("train_dot"),
+        test_dot=arr("test_dot"),
+        weights=weights,
+        result=getattr(RESULTS, str(a["result"])),
+        stats={k[len("stats_") :]: arr(k) for k in a if k.startswith("stats_")},
+        y_train=arr("y_train"),
+        y_test=arr("y_test"),
+        loss=as_loss(str(a["loss"])),
+        t_stop=arr("t_stop"),
+        final=Outputs(arr("final_train"), arr("final_test")),
+        final_dot=Outputs(arr("final_train_dot"), arr("final_test_dot")),
+        kind=str(a["kind"]),
+    )

@@ -26,7 +26,10 @@ with warnings.catch_warnings():
             "dynamics stiffen as the loss falls: increase `max_steps`, loosen `rtol`/`atol`, "
             "shorten `tspan`, or pass a stiff solver (e.g. diffrax.Kvaerno5())."
         )
-        event_occurred = "An event stopped the solve before the end of `tspan`."
+        event_occurred = (
+            "An event stopped the solve before the end of `tspan`; `sol.event_time` and "
+            "`sol.final` say when and where."
+        )
         dt_min_reached = (
             "The step size fell below the controller's minimum: the dynamics are too stiff "
             "for this solver. Try a smaller learning rate, or a stiff solver such as "
@@ -78,10 +81,27 @@ def result_name(result: Any) -> str:
     return "unknown"
 
 
+def success_mask(result: Any) -> Any:
+    """`result` is successful, or an event stopped the solve on purpose (as in diffrax's
+    `is_successful`); a jax boolean array, usable under `jit`."""
+    result = promote(result)
+    return (result == RESULTS.successful) | (result == RESULTS.event_occurred)
+
+
 def is_successful(result: Any) -> bool | np.ndarray:
-    """`True` where `result` is `RESULTS.successful` (an array for batched results)."""
-    ok = np.asarray(promote(result) == RESULTS.successful)
+    """`True` where `result` is `RESULTS.successful` or `RESULTS.event_occurred` (an array for
+    batched results)."""
+    ok = np.asarray(success_mask(result))
     return bool(ok) if ok.ndim == 0 else ok
+
+
+def result_index(result: Any) -> tuple[Any, tuple[str, ...]]:
+    """`(index, messages)` with `messages[index]` the sentence of `result`, for
+    `eqx.branched_error_if` (raising a result's own sentence at run time under `jit`)."""
+    result = promote(result)
+    items = [getattr(RESULTS, name) for name in _NAMES]
+    index = sum(i * (result == item).astype(int) for i, item in enumerate(items))
+    return index, tuple(RESULTS[item] for item in items)
 
 
 def message(result: Any) -> str:

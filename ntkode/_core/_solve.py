@@ -1,5 +1,6 @@
 """`solve`: one entry point for every problem, and ensembles of problems solved with `vmap`."""
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._errors import is_concrete
 from ._options import SolveOptions
 from ._problem import AbstractProblem
+from ._results import result_index, success_mask
 from ._solution import Solution
 
 
@@ -54,14 +57,25 @@ class EnsembleProblem(eqx.Module):
         return eqx.combine(stacked, static[0])
 
 
+def _solve_checked(problem, solver, options):
+    sol = problem._solve(solver, options)
+    if options.event is not None and not sol.watches_events:
+        # Found while tracing, before anything runs: an event must never be ignored.
+        raise ValueError(
+            f"{type(problem).__name__}'s exact solver does not support events; pass a diffrax "
+            "solver (e.g. solver=diffrax.Tsit5()) to solve with the event."
+        )
+    return sol
+
+
 @eqx.filter_jit
 def _solve_jit(problem, solver, options):
-    return problem._solve(solver, options)
+    return _solve_checked(problem, solver, options)
 
 
 @eqx.filter_jit
 def _solve_vmap_jit(problem, solver, options):
-    return eqx.filter_vmap(lambda p: p._solve(solver, options))(problem)
+    return eqx.filter_vmap(lambda p: _solve_checked(p, solver, options))(problem)
 
 
 def solve(
@@ -88,9 +102,19 @@ def solve(
     options = SolveOptions.build(options, **kwargs)
     fn, args = _prepare(problem, solver, options)
     sol = fn(*args)
-    if options.throw and not np.all(sol.success):
-        raise RuntimeError(sol.message)
+    if options.throw:
+        sol = _throw(sol)
     return sol
+
+
+def _throw(sol: Solution) -> Solution:
+    """Raise the result's sentence if the solve did not succeed (at run time under `jit`)."""
+    if is_concrete(sol.t):
+        if not np.all(sol.success):
+            raise RuntimeError(sol.message)
+        return sol
+    index, messages = result_index(sol.result)
+    return eqx.branched_error_if(sol, ~success_mask(sol.result), index, messages)
 
 
 def _prepare(problem, solver, options: SolveOptions):
@@ -99,6 +123,7 @@ def _prepare(problem, solver, options: SolveOptions):
     base = problem.problem if ensemble else problem
     if not isinstance(base, AbstractProblem):
         raise TypeError(f"solve: expected an ntkode problem, got {type(problem).__name__}.")
+    options.check_solver(solver)
     resolved = options.resolve(base, ensemble=ensemble)
     if ensemble:
         return _solve_vmap_jit, (problem.stacked(), solver, resolved)
@@ -109,21 +134,29 @@ def timed_solve(
     problem: AbstractProblem | EnsembleProblem,
     solver: diffrax.AbstractSolver | None = None,
     options: SolveOptions | None = None,
+    *,
+    repeats: int = 1,
     **kwargs: Any,
 ) -> tuple[Solution, float, float]:
     """`solve`, compiled ahead of time: returns `(solution, solve_seconds, compile_seconds)`.
 
     `solve_seconds` is the wall time of the compiled solve alone (what a user pays on every
-    call after the first); takes the same arguments as [`ntkode.solve`][].
+    call after the first): the median of `repeats` runs (default 1: a single-shot timing,
+    which on a shared machine can be off by several times; say which you report). Takes the
+    same arguments as [`ntkode.solve`][].
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be a positive integer, got {repeats!r}.")
     options = SolveOptions.build(options, **kwargs)
     fn, args = _prepare(problem, solver, options)
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    sol = jax.block_until_ready(compiled(*args))
-    seconds = time.perf_counter() - start
-    if options.throw and not np.all(sol.success):
-        raise RuntimeError(sol.message)
-    return sol, seconds, compile_seconds
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sol = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    if options.throw:
+        sol = _throw(sol)  # pyright: ignore[reportPossiblyUnbound]
+    return sol, statistics.median(times), compile_seconds  # pyright: ignore[reportPossiblyUnbound]

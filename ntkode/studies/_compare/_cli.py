@@ -2,22 +2,31 @@
 
 import os
 
+from .._run import add_resume_arguments, explicit, resume_option
+
 NAME = "compare"
 HELP = "Compare the true gradient flow with kernel surrogates on the sine problem."
 
+#: Options `--quick` gives a smaller default to; given explicitly, they win over it.
+SIZES = ("width", "depth", "n_train", "n_test", "dim", "t_end")
+
 
 def add_arguments(p):
-    p.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
-    p.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
-    p.add_argument("--n-train", type=int, default=256)
-    p.add_argument("--n-test", type=int, default=256)
-    p.add_argument("--dim", type=int, default=8, help="input dimension (default 8)")
-    p.add_argument("--t-end", type=float, default=50.0, help="end of training time (default 50)")
+    p.add_argument("--width", type=int, default=None, help="hidden width (512; --quick: 64)")
+    p.add_argument("--depth", type=int, default=None, help="hidden layers (default 2)")
+    p.add_argument("--n-train", type=int, default=None, help="training points (256; --quick 64)")
+    p.add_argument("--n-test", type=int, default=None, help="test points (256; --quick 64)")
+    p.add_argument("--dim", type=int, default=None, help="input dimension (8; --quick: 4)")
+    p.add_argument("--t-end", type=float, default=None, help="end of training (50; --quick 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activation", default="relu", choices=["relu", "softplus", "tanh", "gelu"])
     p.add_argument("--rtol", type=float, default=1e-5, help="reference true-flow rtol")
     p.add_argument("--out", default="ntkode-out", help="output folder (default ./ntkode-out)")
-    p.add_argument("--quick", action="store_true", help="a small problem, under a minute")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small problem, about a minute (explicit sizes still win)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--grid-sizes",
@@ -48,17 +57,19 @@ def add_arguments(p):
         "(kernels recomputed there)",
     )
     p.add_argument("--tune-steps", type=int, default=None, help="Adam steps (default 25)")
+    add_resume_arguments(p)
 
 
 def run(args) -> int:
-    from ._study import compare_study
+    from ._study import compare_study, timing_note
 
+    sizes = explicit(args, SIZES)
     for name in ("width", "depth", "n_train", "dim"):
-        if getattr(args, name) < 1:
+        if name in sizes and sizes[name] < 1:
             raise SystemExit(f"ntkode compare: --{name.replace('_', '-')} must be at least 1.")
-    if args.n_test < 0:
+    if sizes.get("n_test", 0) < 0:
         raise SystemExit("ntkode compare: --n-test must be non-negative.")
-    if not args.t_end > 0:
+    if "t_end" in sizes and not sizes["t_end"] > 0:
         raise SystemExit("ntkode compare: --t-end must be positive.")
     if not args.rtol > 0:
         raise SystemExit("ntkode compare: --rtol must be positive.")
@@ -78,6 +89,9 @@ def run(args) -> int:
     schedules = tuple(s.strip() for s in args.schedules.split(",") if s.strip())
     if not set(schedules) <= {"time", "loss"}:
         raise SystemExit("ntkode compare: --schedules takes time and/or loss.")
+    if args.quick and sizes:
+        given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items())
+        print(f"--quick with {given} as given", flush=True)
     cmp = compare_study(
         grid_sizes=grid_sizes,
         schedules=schedules,
@@ -85,12 +99,6 @@ def run(args) -> int:
         tune=args.tune,
         tune_nodes=args.tune_nodes,
         tune_steps=args.tune_steps,
-        width=args.width,
-        depth=args.depth,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        dim=args.dim,
-        t_end=args.t_end,
         seed=args.seed,
         activation=args.activation,
         rtol=args.rtol,
@@ -98,9 +106,12 @@ def run(args) -> int:
         quick=args.quick,
         progress=not args.no_progress,
         log=lambda s: print(s, flush=True),
+        resume=resume_option(args),
+        **sizes,
     )
     print()
     print(cmp.table())
+    print(timing_note(cmp))
     print(
         f"\nwrote {os.path.join(args.out, 'results.json')} and "
         f"{os.path.join(args.out, 'compare.png')}"

@@ -94,12 +94,15 @@ def add_scheduled_rows(
     exact_substeps: int = 2,
     saveat=None,
     log: Callable[[str], Any] = print,
-    checkpoint: Callable[[], None] = lambda: None,
+    checkpoint: Callable[[str], None] = lambda label: None,
+    repeats: int = 5,
 ) -> None:
     """Add rows `scheduled_<schedule>_G<G>` to `cmp` (errors against `true`).
 
     With `exact_substeps`, also rows `scheduled_time_exact_G<G>` / `scheduled_loss_exact_G<G>`:
     `PiecewiseConstant("average", exact_substeps)`, solved by exact exponentials (no steps).
+    Rows already in `cmp` (resumed) are skipped; `checkpoint(label)` is called after each new
+    row. Solve seconds are the median of `repeats` runs.
     """
     cache = KernelCache(true, problem.model, problem.data)
     truth_err = cmp.rows.get("true_loose", {}).get("max_rel_train_error", float("nan"))
@@ -114,6 +117,8 @@ def add_scheduled_rows(
     for G in grid_sizes:
         for label_name, name, interp in variants:
             label = f"scheduled_{label_name}_G{G}"
+            if label in cmp.rows:
+                continue
             grid, grid_seconds = cache.grid(times[G], SCHEDULES[name])
             p = ScheduledKernelProblem(
                 grid,
@@ -124,7 +129,9 @@ def add_scheduled_rows(
                 problem.tspan,
                 problem.learning_rate,
             )
-            sol, sec, csec = timed_solve(p, saveat=true.t if saveat is None else saveat)
+            sol, sec, csec = timed_solve(
+                p, saveat=true.t if saveat is None else saveat, repeats=repeats
+            )
             cert = certify(grid, problem.learning_rate, interp)
             r = np.linalg.norm(
                 np.asarray(sol.train - sol.y_train).reshape(sol.t.shape[0], -1), axis=1
@@ -145,13 +152,14 @@ def add_scheduled_rows(
                 certificate_holds=holds,
                 schedule=label_name,
                 interpolation=type(interp).__name__,
+                timing=f"median of {repeats}",
             )
             log(
                 f"  {label}: train err {row['max_rel_train_error']:.2%} (truth ±{truth_err:.2%}), "
                 f"test err {row['max_rel_test_error']:.2%}, solve {sec:.3f}s "
                 f"({row['speedup']:.0f}x), kernels {grid_seconds:.1f}s"
             )
-            checkpoint()
+            checkpoint(label)
 
 
 def plot_error_vs_grid(cmp: Comparison, path: str) -> None:

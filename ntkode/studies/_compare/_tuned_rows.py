@@ -35,14 +35,17 @@ def add_tuned_rows(
     steps: int = 25,
     learning_rate: float = 0.1,
     log: Callable[[str], Any] = print,
-    checkpoint: Callable[[], None] = lambda: None,
+    checkpoint: Callable[[str], None] = lambda label: None,
+    repeats: int = 5,
 ) -> dict[str, Any]:
     """Add rows `tuned_<schedule>_G<G>` to `cmp`; returns the `TuneResult` of each row.
 
     `nodes`: `"schedule"` ([`ntkode.tuning.ScheduleNodes`][]) or `"time"`
     ([`ntkode.tuning.TimeNodes`][] on the study's network). `true` must carry weights
     (`save_weights=True`). Optimiser: Adam(`learning_rate`) for `steps` steps on the node
-    logits; the best iterate is kept.
+    logits; the best iterate is kept. Rows already in `cmp` (resumed) are skipped;
+    `checkpoint(label)` is called after each new row. Solve seconds are the median of
+    `repeats` runs.
     """
     kinds = {"schedule": ScheduleNodes(), "time": TimeNodes(problem.model)}
     if nodes not in kinds:
@@ -57,6 +60,8 @@ def add_tuned_rows(
             continue
         for name in schedules:
             label = f"tuned_{name}_G{G}"
+            if label in cmp.rows:
+                continue
             grid, _ = cache.grid(times[G], SCHEDULES[name])
             p = ScheduledKernelProblem(
                 grid,
@@ -77,7 +82,7 @@ def add_tuned_rows(
                 log=lambda s, label=label: log(f"    {label}{s}"),
             )
             tune_seconds = time.perf_counter() - start
-            sol, sec, csec = timed_solve(res.problem, saveat=true.t)
+            sol, sec, csec = timed_solve(res.problem, saveat=true.t, repeats=repeats)
             uniform = cmp.rows.get(f"scheduled_{name}_G{G}", {})
             base = uniform.get("max_rel_train_error", float("nan"))
             row = cmp.add(
@@ -101,6 +106,7 @@ def add_tuned_rows(
                 tune_steps=res.num_steps,
                 tune_result=result_name(res.result),
                 tune_message=res.message,
+                timing=f"median of {repeats}",
             )
             row["error_reduction"] = base / row["max_rel_train_error"]
             results[label] = res
@@ -110,7 +116,7 @@ def add_tuned_rows(
                 f"{res.objective:.4g}, {tune_seconds:.0f}s; nodes "
                 + ", ".join(f"{v:.4g}" for v in row["nodes"])
             )
-            checkpoint()
+            checkpoint(label)
     return results
 
 

@@ -29,14 +29,15 @@ import numpy as np
 import optax
 
 from ..._core._data import Dataset
-from ..._core._records import write_json
 from ..._core._results import as_record
 from ..._gated._masked import MaskedKernels, ntk_weights
 from ..._gated._network import GatedReLU, gated_relu_ntk_infinite
 from ..._gated._solvers import MKLSolution, kernel_ridge, optimal_mkl
 from ..._plot import pyplot
+from .._run import StudyRecord
 
 _REL_REGS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_ALL = ("breast_cancer", "wine", "iris", "diabetes", "digits")
 
 
 def _task(y: np.ndarray) -> str:
@@ -152,6 +153,12 @@ def mkl_compare(
     **Returns:** a JSON-ready dict of the measurements.
     """
     t0 = time.perf_counter()
+    _check_settings(dict(folds=folds, num_gates=num_gates, rel_regs=rel_regs))
+    if folds > data.n_train:
+        raise ValueError(
+            f"`folds`={folds} exceeds the {data.n_train} training examples of {data.name!r}; "
+            "use fewer folds."
+        )
     x = np.asarray(data.x_train, np.float64).reshape(data.n_train, -1)
     y = np.asarray(data.y_train, np.float64)
     xt = np.asarray(data.x_test, np.float64).reshape(data.n_test, -1)
@@ -289,23 +296,28 @@ def plot_mkl_study(results: Sequence[dict], path) -> None:
 
 
 def mkl_study(
-    names: Sequence[str] = ("breast_cancer", "wine", "iris", "diabetes", "digits"),
+    names: Sequence[str] | None = None,
     *,
     quick: bool = False,
     out=None,
     seed: int = 0,
     progress: Callable[[str], None] | None = print,
+    resume: bool | None = None,
     **kwargs,
 ) -> list[dict]:
     """Run [`ntkode.mkl_compare`][] on scikit-learn's bundled data sets (**uci-small**).
 
     **Arguments:**
 
-    - `names`: data sets from `ntkode.datasets.uci`.
-    - `quick`: small settings for a check under a minute (iris and wine, 100 gates, 2 folds,
-      two ridge values, short reweighting and training).
-    - `out`: a directory; `results.json` is rewritten after every data set (an interrupted
-      run keeps what it finished) and `mkl.png` drawn at the end.
+    - `names`: data sets from `ntkode.datasets.uci` (default: all five; with `quick`: iris
+      and wine). Names given explicitly are all run, `quick` or not.
+    - `quick`: small settings for a check under a minute (100 gates, 2 folds, two ridge
+      values, short reweighting and training).
+    - `out`: a directory; `results.json` records the settings and is rewritten after every
+      data set (see `ntkode/studies/_run.py`), and `mkl.png` is drawn at the end. Rerun with
+      the same settings, finished data sets are read back instead of recomputed
+      (`resume=None`: when the settings match; `True`: refuse other settings; `False`:
+      recompute everything).
     - `seed`: seeds splits, gates, folds and networks. `progress`: a callable for messages.
     - `**kwargs`: passed to `mkl_compare` (they override the quick settings).
 
@@ -313,38 +325,54 @@ def mkl_study(
     """
     from ...datasets import uci
 
+    if names is None:
+        names = ["iris", "wine"] if quick else list(_ALL)
     settings: dict = {}
     if quick:
-        names = [n for n in names if n in ("iris", "wine")] or list(names)[:1]
         settings = dict(num_gates=100, rel_regs=(1e-2, 1e-1), folds=2, cv_iter=10,
                         max_iter=60, net_steps=300)  # fmt: skip
     settings.update(kwargs)
-    out = None if out is None else Path(out)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    results = []
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(mkl_compare).parameters.items()
+        if v.default is not inspect.Parameter.empty and k != "seed"
+    }
+    used = {"names": list(names), "quick": quick, "seed": seed, **defaults, **settings}
+    _check_settings({**defaults, **settings})
+    say = progress or (lambda s: None)
+    record = StudyRecord(out, "mkl", used, parts="results", key=lambda r: r["name"],
+                         resume=resume, log=say)  # fmt: skip
     for name in names:
-        if progress:
-            progress(f"[mkl] {name} ...")
+        if name in record:
+            continue
+        say(f"[mkl] {name} ...")
         data = uci(name, seed=seed)
         res = mkl_compare(data, seed=seed, **settings)
-        results.append(res)
+        record.put(name, res)
         if progress:
             progress(
                 f"[mkl] {name}: {res['num_patterns']} patterns, ‖K_NTK − K_∞‖/‖K_∞‖ = "
-                f"{res['ntk_vs_infinite']:.3f}, J_MKL/J_NTK = {res['objective_ratio']:.3f}, test "
-                f"{res['metric']} NTK {res['ntk']['test']:.4f} MKL {res['mkl']['test']:.4f} "
-                f"net {res['net']['test']:.4f} ({res['seconds']:.1f} s)"
+                f"{res['ntk_vs_infinite']:.3f}, J_MKL/J_NTK = {res['objective_ratio']:.3f}, "
+                f"test {res['metric']} NTK {res['ntk']['test']:.4f} MKL "
+                f"{res['mkl']['test']:.4f} net {res['net']['test']:.4f} "
+                f"({res['seconds']:.1f} s single-shot)"
             )
-        if out is not None:
-            defaults = {
-                k: v.default
-                for k, v in inspect.signature(mkl_compare).parameters.items()
-                if v.default is not inspect.Parameter.empty and k != "seed"
-            }
-            used = {"quick": quick, "seed": seed, **defaults, **settings}
-            payload = {"settings": used, "results": results}
-            write_json(out / "results.json", payload)
+    results = record.values()
     if out is not None and results:
-        plot_mkl_study(results, out / "mkl.png")
+        plot_mkl_study(results, Path(out) / "mkl.png")
+    record.finish()
     return results
+
+
+def _check_settings(s: dict) -> None:
+    """Sentences for settings the study cannot run with (before any data set is loaded)."""
+    folds, gates = s["folds"], s["num_gates"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(
+            f"`folds` must be an integer of at least 2 (cross-validation holds one fold out "
+            f"and fits on the others), got {folds!r}."
+        )
+    if isinstance(gates, bool) or not isinstance(gates, int) or gates < 1:
+        raise ValueError(f"`num_gates` must be a positive integer, got {gates!r}.")
+    if not s["rel_regs"]:
+        raise ValueError("`rel_regs` is empty: give at least one ridge value to cross-validate.")

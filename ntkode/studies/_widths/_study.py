@@ -23,9 +23,8 @@ grows with width, and a fixed $\eta$ would make wide networks arbitrarily stiff)
 """
 
 import math
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -36,13 +35,13 @@ import numpy as np
 from ..._core._gradient_flow import GradientFlowProblem
 from ..._core._losses import mse
 from ..._core._model import apply
-from ..._core._records import write_json
 from ..._core._regression import kernel_regression
 from ..._core._solve import solve
 from ..._infinite._mlp import MLP
 from ..._ntk._api import ntk
 from ..._plot import pyplot
 from ...datasets import sine
+from .._run import StudyRecord
 
 METRICS = ("kernel_error_init", "kernel_change", "trajectory_error", "prediction_gap")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -154,8 +153,10 @@ def width_study(
     out: str | None = None,
     progress: bool = True,
     key=None,
+    resume: bool | None = None,
+    log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Run the width study on **sine** and return `{"config", "runs", "slopes"}`.
+    """Run the width study on **sine** and return `{"settings", "runs", "slopes"}`.
 
     **Arguments:**
 
@@ -165,30 +166,39 @@ def width_study(
       hyperparameters $\\sigma_w = \\sqrt2$, $\\sigma_b = 0.1$, readout $\\sigma_w = 1$).
     - `n_train`, `n_test`, `dim`: the **sine** data.
     - `t_end`: training horizon in units where the stiffest limiting mode has rate 1.
-    - `seeds`: networks per (width, parameterisation); metrics are averaged for the slopes.
+    - `seeds`: networks per (width, parameterisation), at least 1; metrics are averaged for
+      the slopes.
     - `rtol`: relative tolerance of the true flow's adaptive solver (`atol = rtol/100`). In
       the lazy regime the weights move by ~width^-1/2 of their size, so the tolerance must be
       tight: on **sine** (width 1024, standard) rtol 1e-4 left errors of 16% of the outputs'
       movement, while 1e-6 agreed with 1e-8 to 1e-3 (absolute).
     - `dtype`: floating dtype of data and weights (`float32` default, for speed).
-    - `out`: a directory; `results.json` is rewritten after every run (nothing computed is
-      lost on interruption).
-    - `progress`: print one line per run.
+    - `out`: a directory; `results.json` records the settings and is rewritten after every
+      run (see `ntkode/studies/_run.py`). Rerun with the same settings, finished runs are
+      read back instead of recomputed (`resume=None`: when the settings match; `True`:
+      refuse other settings; `False`: recompute everything).
+    - `progress`: print one line per run (to `log`).
+    - `key`: seeds data and networks (default `jax.random.key(0)`).
 
-    **Returns:** a dict with the configuration, one record per run (see
-    [`ntkode.width_run`][]) and the fitted slopes.
+    **Returns:** a dict with the settings, one record per run (see [`ntkode.width_run`][])
+    and the fitted slopes.
     """
     for p in parameterizations:
         if p not in ("ntk", "standard"):
             raise ValueError(f"Unknown parameterization {p!r}: choose 'ntk' and/or 'standard'.")
+    if not parameterizations:
+        raise ValueError("`parameterizations` is empty: choose 'ntk' and/or 'standard'.")
     if not widths or any(int(w) < 1 for w in widths):
         raise ValueError(f"`widths` must be positive integers, got {widths!r}.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"`seeds` must be at least 1 (networks per width), got {seeds!r}.")
     if t_end <= 0:
         raise ValueError(f"`t_end` must be positive, got {t_end}.")
+    seed_key = key
     key = jax.random.key(0) if key is None else key
     kdata, kmodel = jax.random.split(key)
     data = sine(n_train, n_test, dim, key=kdata, dtype=dtype)
-    config = {
+    settings = {
         "widths": [int(w) for w in widths],
         "parameterizations": list(parameterizations),
         "depth": depth,
@@ -200,32 +210,35 @@ def width_study(
         "seeds": seeds,
         "rtol": rtol,
         "dtype": jnp.dtype(dtype).name,
+        "key": None if seed_key is None else np.asarray(jax.random.key_data(seed_key)).tolist(),
         "hyperparameters": {"W_std": 2**0.5, "b_std": 0.1, "out_W_std": 1.0, "out_b_std": 0.1},
     }
-    result: dict[str, Any] = {"config": config, "runs": [], "slopes": {}}
-    if out is not None:
-        os.makedirs(out, exist_ok=True)
+    record = StudyRecord(out, "widths", settings, parts="runs", key=run_key, resume=resume,
+                         log=log)  # fmt: skip
     for p in parameterizations:
         for w in widths:
             for s in range(seeds):
+                name = run_key({"parameterization": p, "width": int(w), "seed": s})
+                if name in record:
+                    continue
                 k = jax.random.fold_in(jax.random.fold_in(kmodel, int(w)), s)
                 run = width_run(
                     int(w), p, data, depth=depth, activation=activation, t_end=t_end,
                     rtol=rtol, atol=rtol * 1e-2, key=k,
                 )  # fmt: skip
                 run["seed"] = s
-                result["runs"].append(run)
-                result["slopes"] = slopes(result["runs"])
+                record.put(name, run, slopes=slopes(record.values()))
                 if progress:
-                    print(format_row(run), flush=True)
-                if out is not None:
-                    save_json(result, os.path.join(out, "results.json"))
+                    log(format_row(run))
+    runs = record.values()
+    result: dict[str, Any] = {"settings": record.settings, "runs": runs, "slopes": slopes(runs)}
+    record.finish(slopes=result["slopes"])
     return result
 
 
-def save_json(result: dict, path: str) -> None:
-    """Write atomically, so an interrupted study leaves the last complete file."""
-    write_json(path, result)
+def run_key(run: dict) -> str:
+    """The part name of one run in `results.json`: `"ntk-w64-seed0"`."""
+    return f"{run['parameterization']}-w{run['width']}-seed{run['seed']}"
 
 
 HEADER = (
