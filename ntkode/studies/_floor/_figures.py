@@ -54,7 +54,7 @@ def plot_flips(result: dict[str, Any], path: str) -> None:
     ax.set(
         xlabel="training time t (gradient-descent steps of size η)",
         ylabel="pairs flipping per unit time (fraction)",
-        title=f"ReLU sine: (input, unit) pairs whose sign flips (means over {T / bins:g})",
+        title=f"ReLU sine: pairs whose sign flips (means over bins of {T / bins:g})",
     )
     ax.legend(ncol=2, loc="lower right")
     lags = sorted(pats["fine_window_flip_rate"], key=float)
@@ -78,6 +78,12 @@ def plot_flips(result: dict[str, Any], path: str) -> None:
     bx.legend()
     fig.tight_layout()
     save(fig, path)
+
+
+def _span(values) -> tuple[float, float]:
+    lo, hi = (float(np.min(values)), float(np.max(values))) if len(values) else (-1.0, 1.0)
+    pad = 0.1 * max(hi - lo, 1.0)
+    return min(lo, 0.0) - pad, max(hi, 0.0) + pad
 
 
 def plot_kernel_motion(result: dict[str, Any], path: str) -> None:
@@ -109,7 +115,14 @@ def plot_kernel_motion(result: dict[str, Any], path: str) -> None:
     )
     bx.legend()
     ve = result["velocity_excess"]
-    cx.plot(ve["t"], 100 * np.asarray(ve["excess"]), "o-", ms=3, color="C3")
+    te, ex = np.asarray(ve["t"]), 100 * np.asarray(ve["excess"])
+    ok = np.asarray(ve["reliable"], bool)
+    cx.plot(te[ok], ex[ok], "o-", ms=3, color="C3", label="windows where the outputs move")
+    if (~ok).any():
+        cx.plot(te[~ok], np.clip(ex[~ok], *_span(ex[ok])), "o", ms=3, mfc="none", color="0.5",
+                label="outputs barely move (ratio ill-defined, clipped)")  # fmt: skip
+        cx.legend(loc="upper left")
+    cx.set_ylim(*_span(ex[ok]))
     cx.axhline(0.0, color="k", lw=0.8)
     cx.set(
         xlabel="training time t (window centre)",

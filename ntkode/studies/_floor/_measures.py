@@ -123,7 +123,7 @@ def scheduled_error(
 
 def velocity_excess(
     t: np.ndarray, u: np.ndarray, du: np.ndarray, window: float, t_min: float = 0.0
-) -> dict[str, list[float]]:
+) -> dict[str, Any]:
     r"""Does the NTK velocity account for how the outputs moved?
 
     Over consecutive windows $[a, b]$ of length `window` (from `t_min` on), the displacement
@@ -132,12 +132,16 @@ def velocity_excess(
     `excess` $= \langle \int_a^b \dot u\,dt, \Delta u\rangle / \|\Delta u\|^2 - 1$, zero where
     the chain rule $du/dt = J\dot\theta$ holds along the run, and the part of the NTK velocity
     that the outputs did not follow where it does not. `t_min` skips the first transients,
-    where the stiffest modes decay faster than the saved times resolve.
+    where the stiffest modes decay faster than the saved times resolve. `misfit` is
+    $\|\int \dot u\,dt - \Delta u\| / \|\Delta u\|$; a window is `reliable` while it is below
+    1 (late in training the outputs barely move, and the ratio is then set by whatever the
+    velocity does orthogonally to the tiny displacement). `median`: the median excess over
+    the reliable windows.
     """
     t = np.asarray(t, float)
     u = np.asarray(u, float).reshape(t.shape[0], -1)
     du = np.asarray(du, float).reshape(t.shape[0], -1)
-    out: dict[str, list[float]] = {"t": [], "excess": [], "misfit": []}
+    out: dict[str, Any] = {"t": [], "excess": [], "misfit": [], "reliable": []}
     a = t_min
     while a + window <= t[-1] * (1 + 1e-9):
         sel = np.flatnonzero((t >= a - 1e-9) & (t <= a + window + 1e-9))
@@ -149,8 +153,12 @@ def velocity_excess(
             if size > 0:
                 out["t"].append(float(0.5 * (tt[0] + tt[-1])))
                 out["excess"].append(float(integral @ moved / size - 1.0))
-                out["misfit"].append(float(np.linalg.norm(integral - moved) / np.sqrt(size)))
+                misfit = float(np.linalg.norm(integral - moved) / np.sqrt(size))
+                out["misfit"].append(misfit)
+                out["reliable"].append(misfit < 1.0)
         a += window
+    kept = [e for e, ok in zip(out["excess"], out["reliable"], strict=True) if ok]
+    out["median"] = float(np.median(kept)) if kept else float("nan")
     return out
 
 

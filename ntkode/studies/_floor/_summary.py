@@ -18,6 +18,10 @@ def _layers(values) -> str:
     return " / ".join(f"{v:.3g}" for v in values)
 
 
+def _percent_layers(values) -> str:
+    return " / ".join(f"{100 * v:.3g}%" for v in values)
+
+
 def sentences(result: dict[str, Any]) -> list[str]:
     """Sentences for the record `result` of [`ntkode.studies.floor_study`][]."""
     s = result["settings"]
@@ -63,10 +67,10 @@ def sentences(result: dict[str, Any]) -> list[str]:
         )
     )
     pinned = pats["pinned_ratio"]
-    share = _layers([100 * p for p in pats["flips_by_chattering_pairs"]])
+    share = _percent_layers(pats["flips_by_chattering_pairs"])
     out.append(
-        f"{_layers([100 * p for p in pats['pairs_chattering']])}% of pairs flip at least "
-        f"{s['chatter_flips']} times and make {share}% "
+        f"{_percent_layers(pats['pairs_chattering'])} of pairs (layer 1 / 2) flip at least "
+        f"{s['chatter_flips']} times and make {share} "
         f"of all flips; their median |pre-activation| is {_layers(pinned)} times that of all pairs"
         + (": they sit on their kink." if all(p < 0.2 for p in pinned if math.isfinite(p)) else ".")
     )
@@ -84,11 +88,12 @@ def sentences(result: dict[str, Any]) -> list[str]:
             else "."
         )
     )
-    ve = float(np.median(result["velocity_excess"]["excess"]))
+    ve = result["velocity_excess"]["median"]
     out.append(
-        f"Integrated over windows of one time unit, the NTK velocity −ηΘ∇L at the sampled states "
-        f"overshoots the displacement the outputs actually made by {ve:+.1%} (median for t ≥ "
-        f"{s['t_end'] / 10:g})."
+        "Integrated over windows of one time unit, the NTK velocity −ηΘ∇L at the sampled states "
+        + ("overshoots" if ve > 0 else "undershoots")
+        + f" the displacement the outputs actually made by {ve:+.1%} (median over the windows "
+        f"from t = {s['t_end'] / 10:g} on where the outputs move more than the misfit)."
     )
     sweep = result.get("sweep", {})
     if sweep:
@@ -126,6 +131,20 @@ def _remedy_sentences(result, ve: float, sweep, floor: bool) -> list[str]:
             )
             + "."
         )
+        soft = {k: v for k, v in grids.items() if k.startswith("soft_")}
+        big = sorted((g for g in point if int(g) > 8), key=int)
+        if soft and big:
+            out.append(
+                "Soft gates stop improving too: "
+                + "; ".join(
+                    f"β = {k[5:]}: "
+                    + ", ".join(
+                        f"{_pct(v[g]['train_error'])} (G = {g})" for g in sorted(v, key=int)
+                    )  # fmt: skip
+                    for k, v in soft.items()
+                )
+                + "."
+            )
         if len(sizes) > 1:
             out.append(
                 "With the mean Jacobian the error keeps falling with G: "
@@ -153,8 +172,12 @@ def _remedy_sentences(result, ve: float, sweep, floor: bool) -> list[str]:
                 "the relaxed Jacobian J_λ = λJ₊ + (1−λ)J₋, so the outputs follow the kernel "
                 "J_λJ_λᵀ. A kernel sampled at any state has the gates at 0 or 1, and on average "
                 "exceeds J_λJ_λᵀ by λ(1−λ)(J₊−J₋)(J₊−J₋)ᵀ: a too-fast flow (the velocity excess "
-                "above), which more nodes or averaged kernels cannot remove and averaged "
-                f"Jacobians can. What the remedy buys: at G = {g_hi} the mean-Jacobian grid is "
+                "above), which more nodes or averaged kernels cannot remove (window-mean "
+                f"kernels: {_pct(mk.get(g_hi, {}).get('train_error', math.nan))} at G = {g_hi}) "
+                "and averaged Jacobians can. What the remedy buys: at G = 8, "
+                f"{_pct(mj['8']['train_error'])} instead of {_pct(point['8']['train_error'])} "
+                f"({point['8']['train_error'] / mj['8']['train_error']:.1f}× closer); at "
+                f"G = {g_hi} the mean-Jacobian grid is "
                 f"{point[g_hi]['train_error'] / mj[g_hi]['train_error']:.1f}× closer to the "
                 f"truth than the point-sampled one ({_pct(mj[g_hi]['train_error'])} vs "
                 f"{_pct(point[g_hi]['train_error'])}), "
