@@ -95,7 +95,8 @@ def floor_study(
       `fine_factor` times more finely, to count flips and kernel jumps at short lags.
     - `grid_sizes`: G of the point-sampled, time-scheduled, linearly interpolated grids
       (uniform node times); `remedy_sizes`: G of the window-averaged grids (default
-      `grid_sizes`); `window`: their half-width in time.
+      `grid_sizes`); `window`: their half-width in time (the end nodes' windows are
+      one-sided, cut at 0 and `t_end`).
     - `betas`: the sweep, $\operatorname{softplus}(\beta x)/\beta$ (`inf` = ReLU), each with its
       own true flows and a G = 8 grid; `centred`: shift the family to pass through zero
       (see [`ntkode.studies.SoftplusBeta`][]; uncentred β = 1 is ~100× slower to integrate).
@@ -156,7 +157,7 @@ def floor_study(
     fine = fine_start + (dt / fine_factor) * np.arange(int(round(1.0 / dt)) * fine_factor + 1)
     fine = fine[fine <= T]
     ts = save_times(T, dt, np.concatenate([*nodes.values(), fine]))
-    ref, lo, truth = solve_truths(relu, ts, rtol, loose, log)
+    ref, _, truth = solve_truths(relu, ts, rtol, loose, log)
     result["truth"] = truth
     clock.stage(
         "1/6 ReLU true flows",
@@ -288,13 +289,15 @@ def floor_study(
                 "uncertainty_test": truth["uncertainty_test"],
                 "steps": truth["reference"]["steps"],
                 "steps_loose": truth["loose"]["steps"],
+                "success": truth["reference"]["success"] and truth["loose"]["success"],
                 "flip_rate": result["patterns"]["mean_flip_rate"][f"{2 * dt:g}"],
                 "velocity_excess": coarse["median"],
             }
         else:
             sweep[name] = _sweep_point(
-                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt, nodes[8], rtol, loose
-            )
+                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt, nodes[8], rtol, loose,
+                lambda m, b=name: log(f"  β={b}:{m}"),
+            )  # fmt: skip
         s = sweep[name]
         log(
             f"    β={name}: G=8 train error {s['g8_train_error']:.2%} (truth ±"
@@ -319,11 +322,11 @@ def floor_study(
     return result
 
 
-def _sweep_point(activation, size, T, seed, dt, g8_nodes, rtol, loose) -> dict[str, Any]:
+def _sweep_point(activation, size, T, seed, dt, g8_nodes, rtol, loose, log) -> dict[str, Any]:
     """One β of the sweep: truths at two tolerances, a G = 8 grid, flips, velocity excess."""
     problem = sine_problem(**size, t_end=T, seed=seed, activation=activation)
     ts = save_times(T, dt, g8_nodes)
-    ref, _, truth = solve_truths(problem, ts, rtol, loose, lambda s: None)
+    ref, _, truth = solve_truths(problem, ts, rtol, loose, log)
     grid = KernelGrid.from_solution(ref, g8_nodes, problem.model, problem.data)
     row, _ = scheduled_error(problem, ref, g8_nodes, grid.kernel_train, grid.kernel_test)
     t = np.asarray(ref.t, float)
@@ -338,6 +341,7 @@ def _sweep_point(activation, size, T, seed, dt, g8_nodes, rtol, loose) -> dict[s
         "uncertainty_test": truth["uncertainty_test"],
         "steps": truth["reference"]["steps"],
         "steps_loose": truth["loose"]["steps"],
+        "success": truth["reference"]["success"] and truth["loose"]["success"],
         "flip_rate": [float(np.mean(r)) for r in pats.flip_rate(1)[1]],
         "velocity_excess": excess["median"],
         "seconds": truth["reference"]["seconds"] + truth["loose"]["seconds"],
