@@ -263,7 +263,7 @@ def test_floor_quick_end_to_end(tmp_path):
         "load_average",
     ):
         assert key in result, key  # fmt: skip
-    assert list(result["sweep"]) == ["1", "16", "inf"]
+    assert list(result["sweep"]) == ["4", "inf"]
     assert set(result["grids"]) == {"point", "soft_64", "mean_kernel", "mean_jacobian"}
     # The β = ∞ entry of the sweep is the ReLU run itself.
     assert result["sweep"]["inf"]["g8_train_error"] == result["grids"]["point"]["8"]["train_error"]

@@ -167,15 +167,19 @@ def plot_sweep(result: dict[str, Any], path: str) -> None:
     top = max(finite) * 4 if finite else 1.0
     x = [top if n == "inf" else float(n) for n in names]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax.loglog(x, [sweep[n]["g8_train_error"] for n in names], "o-", label="G = 8 grid, train")
-    ax.loglog(x, [sweep[n]["g8_test_error"] for n in names], "s--", label="G = 8 grid, test")
+    sizes = sorted(sweep[names[0]]["errors"], key=int)
+    for i, G in enumerate(sizes):
+        ax.loglog(x, [sweep[n]["errors"][G]["train_error"] for n in names], "os"[i % 2] + "-",
+                  color=f"C{i}", label=f"G = {G} grid, train")  # fmt: skip
+    ax.loglog(x, [sweep[n]["g8_test_error"] for n in names], "o--", color="C0", lw=1,
+              mfc="none", label="G = 8 grid, test")  # fmt: skip
     ax.loglog(x, [sweep[n]["uncertainty_train"] for n in names], "k^:",
               label="truth at two rtols, train")  # fmt: skip
     centred = " − log 2/β" if result["settings"]["centred"] else ""
     ax.set(
         xlabel="gate sharpness β",
         ylabel="max relative trajectory error",
-        title=f"softplus(βx)/β{centred} → ReLU: error of a G = 8 grid",
+        title=f"softplus(βx)/β{centred} → ReLU: point-sampled grids",
     )
     bx.semilogx(x, [100 * sweep[n]["velocity_excess"] for n in names], "o-", color="C3",
                 label="NTK velocity excess (%)")  # fmt: skip

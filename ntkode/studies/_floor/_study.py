@@ -47,8 +47,9 @@ QUICK: dict[str, Any] = dict(
     sample_dt=0.05,
     grid_sizes=(2, 8),
     remedy_sizes=(8,),
-    betas=(1.0, 16.0, math.inf),
+    betas=(4.0, math.inf),
     soft_betas=(64.0,),
+    window=0.25,
 )
 
 
@@ -98,7 +99,8 @@ def floor_study(
       `grid_sizes`); `window`: their half-width in time (the end nodes' windows are
       one-sided, cut at 0 and `t_end`).
     - `betas`: the sweep, $\operatorname{softplus}(\beta x)/\beta$ (`inf` = ReLU), each with its
-      own true flows and a G = 8 grid; `centred`: shift the family to pass through zero
+      own true flows and point-sampled grids of G = 8 and the largest of `grid_sizes`;
+      `centred`: shift the family to pass through zero
       (see [`ntkode.studies.SoftplusBeta`][]; uncentred β = 1 is ~100× slower to integrate).
     - `soft_betas`: β of the soft-gated kernels at the ReLU weights.
     - `chatter_flips`: a pair flipping at least this often over the run counts as chattering.
@@ -111,11 +113,12 @@ def floor_study(
     cfg: dict[str, Any] = dict(
         width=width, depth=depth, n_train=n_train, n_test=n_test, dim=dim, t_end=t_end,
         sample_dt=sample_dt, grid_sizes=tuple(grid_sizes), betas=tuple(betas),
-        soft_betas=tuple(soft_betas),
+        soft_betas=tuple(soft_betas), window=window,
         remedy_sizes=tuple(grid_sizes if remedy_sizes is None else remedy_sizes),
     )  # fmt: skip
     if quick:
         cfg.update(QUICK)
+    window = float(cfg["window"])
     _check(cfg, rtol, loose, fine_factor, window, chatter_flips)
     T, dt = float(cfg["t_end"]), float(cfg["sample_dt"])
     sizes, remedy = [int(g) for g in cfg["grid_sizes"]], [int(g) for g in cfg["remedy_sizes"]]
@@ -129,7 +132,7 @@ def floor_study(
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
             "betas": [_beta_name(b) for b in cfg["betas"]],
             "seed": seed, "rtol": rtol, "loose_rtol": loose * rtol, "fine_factor": fine_factor,
-            "window": window, "centred": centred, "chatter_flips": chatter_flips,
+            "centred": centred, "chatter_flips": chatter_flips,
             "quick": quick, "dtype": str(np.dtype(jax.numpy.result_type(float))),
             "interpolation": "linear", "schedule": "time",
         },
@@ -277,7 +280,8 @@ def floor_study(
     del kernels, soft_models
     ref = eqx.tree_at(lambda r: r.weights, ref, None, is_leaf=lambda x: x is None)
 
-    # [5] The sweep from smooth to ReLU.
+    # [5] The sweep from smooth to ReLU, at G = 8 and at the largest G (where a floor shows).
+    sweep_sizes = sorted({8, max(sizes)})
     sweep: dict[str, dict[str, Any]] = {}
     for beta in cfg["betas"]:
         name = _beta_name(beta)
@@ -285,6 +289,10 @@ def floor_study(
             sweep[name] = {
                 "g8_train_error": grids["point"]["8"]["train_error"],
                 "g8_test_error": grids["point"]["8"]["test_error"],
+                "errors": {
+                    str(G): {k: grids["point"][str(G)][k] for k in ("train_error", "test_error")}
+                    for G in sweep_sizes
+                },
                 "uncertainty_train": truth["uncertainty_train"],
                 "uncertainty_test": truth["uncertainty_test"],
                 "steps": truth["reference"]["steps"],
@@ -295,14 +303,16 @@ def floor_study(
             }
         else:
             sweep[name] = _sweep_point(
-                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt, nodes[8], rtol, loose,
+                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt,
+                {G: nodes[G] for G in sweep_sizes}, rtol, loose,
                 lambda m, b=name: log(f"  β={b}:{m}"),
             )  # fmt: skip
         s = sweep[name]
         log(
-            f"    β={name}: G=8 train error {s['g8_train_error']:.2%} (truth ±"
-            f"{s['uncertainty_train']:.2%}), flip rate {_layers(s['flip_rate'])}, velocity "
-            f"excess {s['velocity_excess']:+.2%}, {s['steps']} steps"
+            f"    β={name}: train error "
+            + ", ".join(f"{e['train_error']:.2%} (G={g})" for g, e in s["errors"].items())
+            + f" (truth ±{s['uncertainty_train']:.2%}), flip rate {_layers(s['flip_rate'])}, "
+            f"velocity excess {s['velocity_excess']:+.2%}, {s['steps']} steps"
         )
         result["sweep"] = sweep
         checkpoint()
@@ -322,21 +332,26 @@ def floor_study(
     return result
 
 
-def _sweep_point(activation, size, T, seed, dt, g8_nodes, rtol, loose, log) -> dict[str, Any]:
-    """One β of the sweep: truths at two tolerances, a G = 8 grid, flips, velocity excess."""
+def _sweep_point(activation, size, T, seed, dt, nodes, rtol, loose, log) -> dict[str, Any]:
+    """One β of the sweep: truths at two tolerances, grids of the sizes in `nodes` (G → node
+    times; G = 8 among them), flips, velocity excess."""
     problem = sine_problem(**size, t_end=T, seed=seed, activation=activation)
-    ts = save_times(T, dt, g8_nodes)
+    ts = save_times(T, dt, np.concatenate(list(nodes.values())))
     ref, _, truth = solve_truths(problem, ts, rtol, loose, log)
-    grid = KernelGrid.from_solution(ref, g8_nodes, problem.model, problem.data)
-    row, _ = scheduled_error(problem, ref, g8_nodes, grid.kernel_train, grid.kernel_test)
+    errors = {}
+    for G, times in nodes.items():
+        grid = KernelGrid.from_solution(ref, times, problem.model, problem.data)
+        row, _ = scheduled_error(problem, ref, times, grid.kernel_train, grid.kernel_test)
+        errors[str(G)] = {k: row[k] for k in ("train_error", "test_error")}
     t = np.asarray(ref.t, float)
     base = on_grid(t, np.linspace(0.0, T, int(round(T / dt)) + 1))
     weights = jax.tree.map(lambda a: a[base], ref.weights)
     pats = record_patterns(problem.model, weights, t[base], problem.data.x_train)
     excess = velocity_excess(t[base], ref.train[base], ref.train_dot[base], 1.0, t_min=T / 10)
     return {
-        "g8_train_error": row["train_error"],
-        "g8_test_error": row["test_error"],
+        "g8_train_error": errors["8"]["train_error"],
+        "g8_test_error": errors["8"]["test_error"],
+        "errors": errors,
         "uncertainty_train": truth["uncertainty_train"],
         "uncertainty_test": truth["uncertainty_test"],
         "steps": truth["reference"]["steps"],

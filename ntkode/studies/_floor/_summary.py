@@ -98,15 +98,27 @@ def sentences(result: dict[str, Any]) -> list[str]:
     sweep = result.get("sweep", {})
     if sweep:
         fam = "softplus(βx)/β" + (" − log 2/β" if s["centred"] else "")
+        sizes = sorted(next(iter(sweep.values()))["errors"], key=int)
         out.append(
-            f"Sweep {fam} → ReLU, G = 8 train error (truth's uncertainty; NTK velocity excess): "
+            f"Sweep {fam} → ReLU, point-sampled train error at G = {' / '.join(sizes)} (truth's "
+            "uncertainty; NTK velocity excess): "
             + "; ".join(
-                f"β = {b}: {_pct(r['g8_train_error'])} ({_pct(r['uncertainty_train'])}; "
-                f"{r['velocity_excess']:+.1%})"
+                f"β = {b}: "
+                + " / ".join(_pct(r["errors"][g]["train_error"]) for g in sizes)
+                + f" ({_pct(r['uncertainty_train'])}; {r['velocity_excess']:+.1%})"
                 for b, r in sweep.items()
             )
             + "."
         )
+        if len(sizes) > 1:
+            lo, hi = sizes[0], sizes[-1]
+            gain = {b: r["errors"][lo]["train_error"] / r["errors"][hi]["train_error"]
+                    for b, r in sweep.items()}  # fmt: skip
+            out.append(
+                f"From G = {lo} to G = {hi} the error falls by "
+                + ", ".join(f"{v:.1f}× (β = {b})" for b, v in gain.items())
+                + "."
+            )
     out += _remedy_sentences(result, ve, sweep, floor)
     return out
 
