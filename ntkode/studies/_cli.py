@@ -17,6 +17,7 @@ _COMMANDS = [
     "ntkode.studies._widths._cli",
     "ntkode.studies._closure._cli",
     "ntkode.studies._mkl._cli",
+    "ntkode.studies._floor._cli",
 ]
 
 

@@ -1,0 +1,1 @@
+"""The floor study: why point-sampled kernel grids stop improving on ReLU networks."""

@@ -1,0 +1,275 @@
+"""The floor study's measurements: activation flips, kernel jumps vs drift, window-averaged
+kernels, the NTK velocity excess, the softplus-β family, and the study end to end."""
+
+import json
+import math
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import rel_max, small_data
+
+import ntkode as nk
+from ntkode.studies import SoftplusBeta, floor_study, sine_problem
+from ntkode.studies._floor._kernels import RunKernels, kernel_motion
+from ntkode.studies._floor._measures import error_curve, save_times, velocity_excess
+from ntkode.studies._floor._patterns import hidden_preactivations, record_patterns
+
+
+def _stack(states):
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def _params(model):
+    return eqx.partition(model, eqx.is_inexact_array)[0]
+
+
+# ---------------------------------------------------------------- softplus(βx)/β
+
+
+def test_softplus_beta_tends_to_relu():
+    x = jnp.linspace(-3.0, 3.0, 2001)
+    relu = jax.nn.relu(x)
+    for beta in (1.0, 4.0, 16.0, 64.0):
+        gap = SoftplusBeta(beta)(x) - relu
+        # softplus(βx)/β − relu(x) lies in (0, log 2/β] (0 after round-off far from the kink),
+        # with the maximum at x = 0: uniform convergence to ReLU at rate 1/β.
+        assert float(gap.min()) >= 0
+        np.testing.assert_allclose(float(gap.max()), math.log(2) / beta, rtol=1e-12)
+        centred = SoftplusBeta(beta, centred=True)
+        assert float(centred(jnp.zeros(()))) == pytest.approx(0.0, abs=1e-15)
+        # Same gates: the derivative is the sigmoid σ(βx) either way.
+        grad = jax.vmap(jax.grad(centred))(x)
+        np.testing.assert_allclose(grad, jax.nn.sigmoid(beta * x), rtol=1e-12, atol=1e-15)
+    assert bool(jnp.all(SoftplusBeta(math.inf)(x) == relu))
+    np.testing.assert_allclose(SoftplusBeta(1.0)(x), jax.nn.softplus(x), rtol=1e-14)
+
+
+def test_softplus_beta_by_name_and_bad_names():
+    problem = sine_problem(width=8, n_train=4, n_test=2, dim=2, activation="softplus_beta:16")
+    assert problem.model.activation == SoftplusBeta(16.0)
+    centred = sine_problem(width=8, n_train=4, n_test=2, dim=2,
+                           activation="softplus_beta:4:centred")  # fmt: skip
+    assert centred.model.activation == SoftplusBeta(4.0, centred=True)
+    relu = sine_problem(width=8, n_train=4, n_test=2, dim=2, activation="softplus_beta:inf")
+    assert math.isinf(relu.model.activation.beta)
+    for bad in ("softplus_beta:0", "softplus_beta:-2", "softplus_beta:x", "softplus_beta:4:up"):
+        with pytest.raises(ValueError, match="softplus_beta"):
+            sine_problem(width=8, n_train=4, n_test=2, dim=2, activation=bad)
+    with pytest.raises(ValueError, match="beta"):
+        SoftplusBeta(float("nan"))
+
+
+# ---------------------------------------------------------------- activation patterns
+
+
+def _two_unit_path(T: int):
+    """A 1 → 2 → 1 ReLU MLP on inputs x = 1, 2 whose pre-activations are known in closed form.
+
+    Unit 0: z = x + (t − 1.5), so the pair (x=1, unit 0) crosses zero once, at t = 0.5.
+    Unit 1: z = −x + 1 + (−1)^k·1e-3 at sample k, so (x=1, unit 1) chatters: its sign
+    alternates every sample; (x=2, unit 1) stays negative.
+    """
+    model = eqx.nn.MLP(1, 1, 2, 1, key=jax.random.key(0))
+    t = np.linspace(0.0, 1.0, T)
+    states = []
+    w = jnp.array([[1.0], [-1.0]])
+    for k, tk in enumerate(t):
+        b = jnp.array([tk - 1.5, 1.0 + (-1.0) ** k * 1e-3])
+        where = lambda m: (m.layers[0].weight, m.layers[0].bias)
+        states.append(_params(eqx.tree_at(where, model, (w, b))))
+    return model, _stack(states), t, jnp.array([[1.0], [2.0]])
+
+
+def test_flip_counts_of_a_crossing_and_a_chattering_pair():
+    T = 11
+    model, weights, t, x = _two_unit_path(T)
+    pats = record_patterns(model, weights, t, x)
+    (counts,) = pats.pair_flips()
+    # One crossing, T − 1 chatter flips, nothing else.
+    np.testing.assert_array_equal(counts, [[1, T - 1], [0, 0]])
+    (per_interval,) = pats.flips(1)
+    assert per_interval.sum() == T
+    # Sampled every second state the chattering pair looks still; the crossing is still seen.
+    (coarse,) = pats.flips(2)
+    assert coarse.sum() == 1
+    mid, (rate,) = pats.flip_rate(1)
+    np.testing.assert_allclose(mid, 0.5 * (t[1:] + t[:-1]))
+    # 4 pairs, intervals of 0.1: one flip per interval is a rate of 1 / 4 / 0.1.
+    assert rate.min() == pytest.approx(2.5)
+    assert rate.max() == pytest.approx(5.0)  # the interval holding the crossing
+
+
+def test_hidden_preactivations_reproduce_the_forward_pass():
+    data = small_data(n=6, m=2, d=3)
+    model = eqx.nn.MLP(3, 1, 7, 2, activation=SoftplusBeta(4.0), key=jax.random.key(2))
+    z1, z2 = hidden_preactivations(model, data.x_train)
+    h2 = SoftplusBeta(4.0)(z2)
+    out = jax.vmap(model.layers[-1])(h2)
+    np.testing.assert_allclose(out, jax.vmap(model)(data.x_train), rtol=1e-13)
+    assert z1.shape == z2.shape == (6, 7)
+    with pytest.raises(TypeError, match="equinox.nn.MLP"):
+        hidden_preactivations(nk.MLP(3, 1, 7, 2, key=jax.random.key(0)), data.x_train)
+
+
+# ---------------------------------------------------------------- kernels along a path
+
+
+def _kink_path(activation, T=21, eps=1e-9):
+    """A 2 → 16 → 1 MLP whose first 8 units sit exactly on their kink at one input each.
+
+    The readout grows steadily, `W₂(t) = (1 + 0.01 t) W₂`, which scales the first layer's
+    kernel term by `(1 + 0.01 t)²` (a smooth, nearly linear change), while those units'
+    biases zigzag by ±`eps` between samples: ReLU gates flip at every sample, softplus gates
+    move by O(eps).
+    """
+    data = small_data(n=8, m=3, d=2, key=3)
+    model = eqx.nn.MLP(2, 1, 16, 1, activation=activation, key=jax.random.key(4))
+    w = model.layers[0].weight
+    b = model.layers[0].bias.at[:8].set(-jnp.sum(w[:8] * data.x_train[:8], axis=1))
+    t = np.linspace(0.0, 1.0, T)
+    states = []
+    for k, tk in enumerate(t):
+        zig = b.at[:8].add((-1.0) ** k * eps)
+        m = eqx.tree_at(lambda m: (m.layers[0].bias, m.layers[1].weight), model,
+                        (zig, (1 + 0.01 * tk) * model.layers[1].weight))  # fmt: skip
+        states.append(_params(m))
+    return model, data, _stack(states), t
+
+
+def test_kernel_jumps_exceed_drift_only_with_relu_gates():
+    ratios = {}
+    for name, act in (("relu", jax.nn.relu), ("softplus", SoftplusBeta(1.0))):
+        model, data, weights, t = _kink_path(act)
+        motion = kernel_motion(RunKernels(model, data, weights, t), [0.0, 0.3], 0.05, 0.5)
+        ratios[name] = np.asarray(motion["jump"]) / np.asarray(motion["drift"])
+    # Softplus: only the first layer's term moves, as c(t) = (1 + 0.01 t)², so the ratio is
+    # (c(t+δ) − c(t))/δ over (c(t+Δ) − c(t))/Δ, slightly below 1 by the curvature of c; the
+    # zigzag moves softplus gates by O(eps) = 1e-9 only.
+    for t0, ratio in zip((0.0, 0.3), ratios["softplus"], strict=True):
+        slope = 2 * 0.01 * (1 + 0.01 * t0)
+        expected = (slope + 1e-4 * 0.05) / (slope + 1e-4 * 0.5)
+        assert ratio == pytest.approx(expected, rel=1e-4)
+    # ReLU: each sample flips 8 gates, a jump that does not shrink with the lag.
+    assert ratios["relu"].min() > 3.0
+
+
+def test_window_means_agree_with_explicit_jacobians():
+    model, data, weights, t = _kink_path(jax.nn.relu, T=5)
+    kernels = RunKernels(model, data, weights, t)
+    static = eqx.partition(model, eqx.is_inexact_array)[1]
+
+    def jac(i, x):
+        p = jax.tree.map(lambda a: a[i], weights)
+        f = lambda q, xi: eqx.combine(q, static)(xi)[0]
+        j = jax.vmap(jax.grad(f), in_axes=(None, 0))(p, x)
+        return jnp.concatenate([a.reshape(x.shape[0], -1) for a in jax.tree.leaves(j)], 1)
+
+    idx = [1, 2, 3]
+    J = [jac(i, data.x_train) for i in idx]
+    Js = [jac(i, data.x_test) for i in idx]
+    means = kernels.window_means(idx)
+    kt, ks = means["mean_kernel"]
+    np.testing.assert_allclose(kt[:, :, 0, 0], sum(j @ j.T for j in J) / 3, rtol=1e-11)
+    np.testing.assert_allclose(ks[:, :, 0, 0], sum(a @ j.T for a, j in zip(Js, J)) / 3,
+                               rtol=1e-11)  # fmt: skip
+    jbar, jsbar = sum(J) / 3, sum(Js) / 3
+    kt, ks = means["mean_jacobian"]
+    np.testing.assert_allclose(kt[:, :, 0, 0], jbar @ jbar.T, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(ks[:, :, 0, 0], jsbar @ jbar.T, rtol=1e-11, atol=1e-13)
+    # The mean kernel exceeds the mean-Jacobian kernel by the Jacobians' covariance (PSD).
+    gap = np.asarray(means["mean_kernel"][0] - means["mean_jacobian"][0])[:, :, 0, 0]
+    assert np.linalg.eigvalsh(gap).min() > -1e-12
+    point, _ = kernels.point(2)
+    assert rel_max(point, nk.ntk(eqx.combine(jax.tree.map(lambda a: a[2], weights), static),
+                                 data.x_train)) < 1e-12  # fmt: skip
+
+
+def test_soft_gates_are_the_softplus_kernel_at_the_same_weights():
+    model, data, weights, t = _kink_path(jax.nn.relu, T=3)
+    soft = RunKernels(model, data, weights, t, soften=64.0)
+    p = jax.tree.map(lambda a: a[1], weights)
+    smooth = eqx.tree_at(lambda m: m.activation, model, SoftplusBeta(64.0))
+    static = eqx.partition(smooth, eqx.is_inexact_array)[1]
+    np.testing.assert_allclose(soft.point(1)[0], nk.ntk(eqx.combine(p, static), data.x_train),
+                               rtol=1e-11)  # fmt: skip
+
+
+# ---------------------------------------------------------------- velocity excess
+
+
+def test_velocity_excess_is_zero_for_an_exact_velocity_and_sees_an_overshoot():
+    t = np.linspace(0.0, 4.0, 801)
+    u = np.stack([np.exp(-t), 2 * np.exp(-0.5 * t)], axis=1)
+    du = np.stack([-np.exp(-t), -np.exp(-0.5 * t)], axis=1)
+    exact = velocity_excess(t, u, du, 1.0)
+    # Trapezoid rule with h = 0.005 on exponentials: relative error ~h²/12.
+    assert np.max(np.abs(exact["excess"])) < 1e-5
+    assert len(exact["t"]) == 4
+    fast = velocity_excess(t, u, 1.1 * du, 1.0, t_min=1.0)
+    np.testing.assert_allclose(fast["excess"], 0.1, atol=1e-5)
+    assert fast["t"][0] == pytest.approx(1.5)
+
+
+def test_error_curve_peaks_at_the_trajectory_error():
+    problem = sine_problem(width=8, n_train=6, n_test=4, dim=2, t_end=2.0, dtype=jnp.float64)
+    ref = nk.solve(problem, saveat=11, rtol=1e-8, atol=1e-10)
+    lo = nk.solve(problem, saveat=11, rtol=1e-3, atol=1e-5)
+    curve = error_curve(lo, ref)
+    errs = nk.trajectory_errors(lo, ref)
+    assert max(curve["train"]) == pytest.approx(errs["max_rel_train_error"], rel=1e-12)
+    assert max(curve["test"]) == pytest.approx(errs["max_rel_test_error"], rel=1e-12)
+    assert curve["train"][0] == 0.0
+
+
+def test_save_times_and_bad_arguments():
+    t = save_times(1.0, 0.25, [0.1, 0.5])
+    np.testing.assert_allclose(t, [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+    with pytest.raises(ValueError, match="sample_dt"):
+        save_times(1.0, 0.3)
+    with pytest.raises(ValueError, match="grid_sizes"):
+        floor_study(grid_sizes=(1, 8), out=None)
+    with pytest.raises(ValueError, match="loose"):
+        floor_study(loose=1.0, out=None)
+    with pytest.raises(ValueError, match="soft_betas"):
+        floor_study(soft_betas=(math.inf,), out=None)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_floor_quick_end_to_end(tmp_path):
+    from ntkode.studies._cli import main
+
+    out = tmp_path / "floor"
+    assert main(["floor", "--quick", "--out", str(out)]) == 0
+    with open(out / "results.json") as f:
+        result = json.load(f)
+    for key in (
+        "settings",
+        "truth",
+        "patterns",
+        "kernel_motion",
+        "jump_vs_lag",
+        "velocity_excess",
+        "grids",
+        "sweep",
+        "summary",
+        "seconds",
+        "load_average",
+    ):
+        assert key in result, key  # fmt: skip
+    assert list(result["sweep"]) == ["4", "inf"]
+    assert set(result["grids"]) == {"point", "soft_64", "mean_kernel", "mean_jacobian"}
+    # The β = ∞ entry of the sweep is the ReLU run itself.
+    assert result["sweep"]["inf"]["g8_train_error"] == result["grids"]["point"]["8"]["train_error"]
+    # The summary quotes the record's numbers.
+    g8 = result["grids"]["point"]["8"]["train_error"]
+    assert f"{100 * g8:.2f}%" in " ".join(result["summary"])
+    for name in ("flips.png", "kernel_motion.png", "error_vs_time.png", "error_vs_beta.png",
+                 "remedies.png"):  # fmt: skip
+        assert os.path.getsize(out / name) > 10_000
