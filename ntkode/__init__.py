@@ -13,10 +13,19 @@ from typing import Any
 from . import (
     datasets as datasets,
     losses as losses,
+    policies as policies,
     schedules as schedules,
     transfer as transfer,
     tuning as tuning,
 )
+from ._control._certificate import (
+    StepCertificate as StepCertificate,
+    step_certificate as step_certificate,
+)
+from ._control._descent import Descent as Descent, descend as descend
+from ._control._design import PolicyDesign as PolicyDesign, design_policy as design_policy
+from ._control._network import GradientDescentProblem as GradientDescentProblem
+from ._control._surrogate import ScheduledDescentProblem as ScheduledDescentProblem
 from ._core._compare import (
     Comparison as Comparison,
     compare as compare,

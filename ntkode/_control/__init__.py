@@ -1,0 +1,1 @@
+"""Learning-rate control on scheduled-NTK plants: discrete-time descent, policies, certificates."""

@@ -1,0 +1,357 @@
+"""Learning-rate control: discrete-time scheduled surrogate, policies, certificate, design."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import Linearised, central_differences, psd_kernels, rel_max, small_data, small_sine
+
+import ntkode as nk
+from ntkode import policies as P, schedules as S
+
+
+def _quiet():
+    """Ignore range warnings where a test is about something else."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+    return ctx
+
+
+def _grid(data, G=3, key=1, nodes=None, shift=0.5):
+    """Random PSD train kernels (positive definite: λ_min ≥ shift) and test kernels."""
+    k1, k2 = jax.random.split(jax.random.key(key))
+    kt = psd_kernels(k1, G, data.n_train, shift=shift)
+    ks = jax.random.normal(k2, (G, data.n_test, data.n_train))
+    nodes = jnp.linspace(0.0, 2.0, G) if nodes is None else nodes
+    return nk.KernelGrid(nodes, kt, ks)
+
+
+def _loss_grid(data, G=4, key=1):
+    """A grid on the loss-level axis covering the losses of a run from u0 = 0."""
+    L0 = float(nk.losses.mse(jnp.zeros_like(data.y_train), data.y_train))
+    return _grid(data, G, key, nodes=jnp.linspace(np.log(L0) - 12.0, np.log(L0) + 0.1, G))
+
+
+def _lam_max(grid):
+    return np.asarray(nk.certify(grid).lambda_max)
+
+
+# ---------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [P.Constant(0.7), P.Cosine(1.2, 25, warmup=5), P.PiecewiseConstant((5, 12), [0.3, 1.0, 0.5])],
+)
+def test_frozen_kernel_equals_linearised_network(policy):
+    # Gradient descent on f_lin(θ) = f(θ0) + J0 (θ - θ0) moves its outputs by -η J0 J0ᵀ ∇L
+    # exactly: the surrogate with the one kernel J0 J0ᵀ (Lee et al. 2019).
+    model, data = small_sine()
+    n, m = data.n_train, data.n_test
+    kt = nk.ntk(model, data.x_train).reshape(1, n, n)
+    ks = nk.ntk(model, data.x_test, data.x_train).reshape(1, m, n)
+    net = nk.GradientDescentProblem(Linearised(model), data)
+    sur = nk.ScheduledDescentProblem.from_problem(nk.KernelGrid(jnp.zeros(1), kt, ks), net)
+    a, b = nk.descend(sur, policy, 25), nk.descend(net, policy, 25)
+    # Two float64 evaluations of the same linear map: round-off only.
+    assert rel_max(a.train, b.train) < 1e-10
+    assert rel_max(a.test, b.test) < 1e-10
+    np.testing.assert_allclose(a.eta, b.eta, rtol=1e-14)
+    assert float(b.train_loss[-1]) < 0.5 * float(b.train_loss[0])  # it did train
+
+
+@pytest.mark.parametrize("schedule", [S.Time(), S.LossLevel()])
+def test_small_steps_approach_continuous_surrogate(schedule):
+    # Explicit Euler with step h on the continuous field: first order in h.
+    data = small_data()
+    if isinstance(schedule, S.Time):
+        grid = _grid(data, G=3, nodes=jnp.array([0.0, 0.6, 2.0]))
+    else:
+        grid = _loss_grid(data, G=3)
+    T = 2.0
+    flow = nk.ScheduledKernelProblem(grid, data, schedule, tspan=(0.0, T))
+    ref = nk.solve(flow, saveat=jnp.array([0.0, T]), rtol=1e-11, atol=1e-13)
+    sur = nk.ScheduledDescentProblem(grid, data, schedule)
+    errors = []
+    for h in (0.02, 0.01, 0.005):
+        run = nk.descend(sur, P.Constant(h), int(round(T / h)))
+        np.testing.assert_allclose(run.time[-1], T, rtol=1e-12)
+        errors.append(rel_max(run.train[-1], ref.train[-1]))
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    # Halving h halves the error (first order; a ratio of 4 would mean second order).
+    assert np.all((ratios > 1.8) & (ratios < 2.2)), (errors, ratios)
+    assert errors[-1] < 2e-2
+
+
+def test_network_descent_is_gradient_descent_on_the_weights():
+    # An independent loop: θ ← θ - η_k ∇θ L(θ), with η_k from the policy at the current loss.
+    model, data = small_sine()
+    L0 = float(nk.losses.mse(nk.KernelFlowProblem.from_model(model, data).u0_train, data.y_train))
+    policy = P.GainScheduled(S.LossLevel(), jnp.log(jnp.array([L0 / 10, L0])), [0.4, 0.9])
+    run = nk.descend(nk.GradientDescentProblem(model, data), policy, 12, save_params=(0, 5, 12))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss(p):
+        return nk.losses.mse(jax.vmap(eqx.combine(p, static))(data.x_train), data.y_train)
+
+    t = 0.0
+    kept = []
+    for k in range(12):
+        if k in (0, 5):
+            kept.append(params)
+        u = jax.vmap(eqx.combine(params, static))(data.x_train)
+        eta = policy(jnp.asarray(k), jnp.asarray(t), u, data.y_train, nk.losses.mse)
+        np.testing.assert_allclose(run.eta[k], eta, rtol=1e-12)
+        params = jax.tree.map(lambda a, g: a - eta * g, params, jax.grad(loss)(params))
+        t += float(eta)
+    kept.append(params)
+    u = jax.vmap(eqx.combine(params, static))(data.x_train)
+    assert rel_max(run.train[-1], u) < 1e-12
+    np.testing.assert_allclose(run.time, np.concatenate([[0.0], np.cumsum(run.eta)]), rtol=1e-12)
+    for i, p in enumerate(kept):
+        saved = jax.tree.map(lambda a: a[i], run.params)
+        for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(p), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- policies
+
+
+def test_policies_give_their_rates():
+    z = jnp.zeros((3, 1))
+    at = lambda p, k: float(p(jnp.asarray(k), jnp.asarray(0.0), z, z, nk.losses.mse))
+    pw = P.PiecewiseConstant((3, 7), [0.1, 0.2, 0.3])
+    rates = [at(pw, k) for k in (0, 2, 3, 6, 7, 100)]
+    assert rates == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.3, 0.3])
+    cos = P.Cosine(1.0, 20, warmup=4, init=0.2, end=0.05)
+    ref = optax.warmup_cosine_decay_schedule(0.2, 1.0, 4, 20, 0.05)
+    np.testing.assert_allclose([at(cos, k) for k in range(21)], ref(jnp.arange(21)), rtol=1e-12)
+    sw = P.Switched(P.Constant(3.0), P.Cosine(1.0, 10), at=4)
+    assert [at(sw, k) for k in (0, 3)] == [3.0, 3.0]
+    # `then` counts from the switch: step 4 is its step 0, at its peak.
+    assert at(sw, 4) == pytest.approx(1.0)
+    assert at(sw, 9) == pytest.approx(0.5)
+
+
+def test_inverse_sharpness_reads_the_active_nodes():
+    data = small_data()
+    grid = _loss_grid(data, G=4)
+    lam = _lam_max(grid)
+    pol = P.InverseSharpness.from_grid(grid, 1.5, S.LossLevel())
+    nodes = np.asarray(grid.nodes)
+    for g in range(3):
+        s = 0.5 * (nodes[g] + nodes[g + 1])
+        expected = 1.5 * data.n_train / max(lam[g], lam[g + 1])
+        np.testing.assert_allclose(pol.at(jnp.asarray(s)), expected, rtol=1e-12)
+    # At a node only that node's kernel is active (its neighbour has weight 0).
+    np.testing.assert_allclose(pol.at(grid.nodes[0]), 1.5 * data.n_train / lam[0], rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the certificate
+
+
+@pytest.mark.parametrize(
+    "schedule,interpolation",
+    [
+        (S.Time(), S.Linear()),
+        (S.LossLevel(), S.Linear()),
+        (S.LossLevel(), S.Smoothstep()),
+        (S.ResidualNorm(), S.PiecewiseConstant()),
+    ],
+)
+def test_certificate_holds_on_every_surrogate_trajectory(schedule, interpolation):
+    data = small_data(n=10)
+    ctx = _quiet()
+    G = 4
+    grid = _grid(data, G, nodes=jnp.linspace(0.0, 3.0, G)) if isinstance(schedule, S.Time) else None
+    if grid is None:
+        base = _loss_grid(data, G)
+        grid = (
+            base
+            if isinstance(schedule, S.LossLevel)
+            else base.with_nodes(jnp.linspace(-6.0, 1.5, G))
+        )
+    sur = nk.ScheduledDescentProblem(grid, data, schedule, interpolation)
+    lam = _lam_max(grid)
+    n = data.n_train
+    policies = {
+        "constant": P.Constant(1.9 * n / lam.max()),
+        "beyond": P.Constant(2.3 * n / lam.max()),  # unstable: ρ > 1 on some steps
+        "cosine": P.Cosine(1.8 * n / lam.max(), 30, warmup=5),
+        "inverse": P.InverseSharpness.from_grid(grid, 1.9, schedule, interpolation),
+        "switched": P.Switched(P.Constant(3.0 * n / lam.max()), P.Constant(n / lam.max()), 3),
+    }
+    for name, pol in policies.items():
+        run = nk.descend(sur, pol, 30)
+        cert = nk.step_certificate(sur, run)
+        assert bool(jnp.all(cert.holds)), name
+        slack = 1 + np.asarray(jnp.concatenate([jnp.zeros(1), jnp.cumsum(cert.slack)]))
+        assert np.all(np.asarray(cert.residual) <= np.asarray(cert.bound) * slack), name
+        if name in ("constant", "cosine", "inverse"):
+            assert cert.certified and cert.stable, name
+            assert float(jnp.max(cert.stability)) < 1.9 + 1e-12, name
+        if name in ("beyond", "switched"):
+            assert not cert.certified and not cert.stable, name
+    ctx.__exit__(None, None, None)
+
+
+def test_certificate_is_attained_on_extreme_eigenvectors():
+    # One kernel: r along an eigenvector v moves by exactly 1 - ηλ/n per step, and ρ is the
+    # larger of those factors at λ_min and λ_max: the bound is attained, not just respected.
+    data = small_data(n=8)
+    grid = _grid(data, G=1, nodes=jnp.zeros(1))
+    lam, vec = np.linalg.eigh(np.asarray(grid.kernel_train[0]))
+    n, y = data.n_train, data.y_train
+    for eta_scale, which in ((1.0, 0), (2.5, -1)):  # inside the limit: λ_min; beyond: λ_max
+        eta = eta_scale * n / lam[-1]
+        u0 = y + jnp.asarray(vec[:, which])[:, None]
+        sur = nk.ScheduledDescentProblem(grid, data, u0_train=u0)
+        run = nk.descend(sur, P.Constant(eta), 6)
+        cert = nk.step_certificate(sur, run)
+        factor = abs(1 - eta * lam[which] / n)
+        np.testing.assert_allclose(cert.rho, factor, rtol=1e-12)
+        np.testing.assert_allclose(cert.ratio, factor, rtol=1e-9)
+        assert cert.certified == (eta_scale < 2)
+
+
+def test_certificate_reports_a_network_that_leaves_it():
+    # A grid of the network's initial kernel only: the true network moves its kernel, so the
+    # certificate evaluated along the network's own run is a prediction that can fail.
+    model, data = small_sine(n_train=12, width=8)
+    n = data.n_train
+    kt = nk.ntk(model, data.x_train).reshape(1, n, n)
+    net = nk.GradientDescentProblem(model, data)
+    sur = nk.ScheduledDescentProblem.from_problem(nk.KernelGrid(jnp.zeros(1), kt), net)
+    lam = _lam_max(sur.grid)
+    run = nk.descend(net, P.Constant(1.0 * n / lam[-1]), 40)
+    cert = nk.step_certificate(sur, run)
+    assert 0.0 <= cert.fraction_held <= 1.0
+    assert cert.worst_violation == pytest.approx(float(jnp.max(cert.ratio / cert.rho)))
+    assert np.isfinite(cert.worst_violation)
+
+
+# ---------------------------------------------------------------- design
+
+
+def _design_problem():
+    data = small_data(n=10, m=4)
+    return nk.ScheduledDescentProblem(_loss_grid(data, G=4), data, S.LossLevel()), data
+
+
+def test_design_gradient_matches_finite_differences():
+    from ntkode._control._design import _Design, interval_cap
+
+    sur, data = _design_problem()
+    target = 0.1 * float(nk.losses.mse(sur.u0_train, data.y_train))
+    d = _Design(sur, interval_cap(sur, 1.9), jnp.log(jnp.asarray(target)), 0.3, 25, True)
+    z = jnp.array([0.3, -0.2, 0.8, 0.1])
+    value = eqx.filter_jit(lambda zz: d.value(zz))
+    grad = jax.grad(d.value)(z)
+    np.testing.assert_allclose(grad, central_differences(value, z, h=1e-6), rtol=1e-5, atol=1e-8)
+
+
+def test_certified_design_improves_and_stays_certified():
+    sur, data = _design_problem()
+    L0 = float(nk.losses.mse(sur.u0_train, data.y_train))
+    target = 0.05 * L0
+    ctx = _quiet()
+    design = nk.design_policy(sur, 40, target=target, iterations=15, optimiser=optax.adam(0.2))
+    assert design.success, design.message
+    assert design.certified
+    assert design.objective <= design.initial_objective
+    from ntkode._control._design import interval_cap
+
+    assert np.all(np.asarray(design.policy.values) <= np.asarray(interval_cap(sur, 1.9)))
+    run = nk.descend(sur, design.policy, 40)
+    cert = nk.step_certificate(sur, run)
+    assert cert.certified and float(jnp.max(cert.stability)) < 1.9
+    first = nk.descend(sur, design.initial_policy, 40).steps_to(target)
+    assert run.steps_to(target) is not None and run.steps_to(target) <= first
+    ctx.__exit__(None, None, None)
+
+
+def test_uncertified_design_is_labelled_and_free():
+    sur, data = _design_problem()
+    ctx = _quiet()
+    design = nk.design_policy(sur, 30, certified=False, iterations=5)
+    assert not design.certified
+    assert design.objective <= design.initial_objective
+    ctx.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------- divergence and bad input
+
+
+def test_divergence_is_reported():
+    # Far beyond the limit the surrogate's top mode grows by ~1e6 per step: overflow.
+    data = small_data()
+    grid = _grid(data, G=1, nodes=jnp.zeros(1))
+    sur = nk.ScheduledDescentProblem(grid, data)
+    run = nk.descend(sur, P.Constant(1e6 * data.n_train / _lam_max(grid)[-1]), 80)
+    assert run.diverged and "diverged" in run.message
+    assert run.steps_to(1e-30) is None
+
+
+def test_bad_policies_are_refused():
+    for bad in (0.0, -1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="`value` must be positive"):
+            P.Constant(bad)
+    with pytest.raises(ValueError, match="entry 1 is 0.0"):
+        P.GainScheduled(S.LossLevel(), [0.0, 1.0], [0.1, 0.0])
+    with pytest.raises(ValueError, match="one learning rate per node"):
+        P.GainScheduled(S.LossLevel(), [0.0, 1.0], [0.1])
+    with pytest.raises(ValueError, match="2 boundaries need 3 values"):
+        P.PiecewiseConstant((2, 5), [0.1, 0.2])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        P.PiecewiseConstant((5, 2), [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="`warmup` = 10 must be smaller"):
+        P.Cosine(0.1, 10, warmup=10)
+    with pytest.raises(ValueError, match="`end` must be finite and non-negative"):
+        P.Cosine(0.1, 10, end=-0.1)
+    with pytest.raises(ValueError, match="`c` must be positive"):
+        P.InverseSharpness.from_grid(_grid(small_data()), 0.0)
+    with pytest.raises(TypeError, match="learning-rate policy"):
+        nk.descend(nk.ScheduledDescentProblem(_grid(small_data()), small_data()), 0.1, 5)
+
+
+def test_bad_runs_and_targets_are_refused():
+    data = small_data()
+    sur = nk.ScheduledDescentProblem(_grid(data), data)
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"`steps` \(K\) must be a positive integer"):
+            nk.descend(sur, P.Constant(0.1), steps)
+    with pytest.raises(ValueError, match="the surrogate has no parameters"):
+        nk.descend(sur, P.Constant(0.1), 5, save_params=(1,))
+    # A cosine shorter than the run gives η = 0 after its end: refused, naming the step.
+    with pytest.raises(ValueError, match="learning rate 0.0 at step 5"):
+        nk.descend(sur, P.Cosine(0.1, 5), 8)
+    run = nk.descend(sur, P.Constant(0.1), 5)
+    L0 = float(run.train_loss[0])
+    with pytest.raises(ValueError, match="losses are non-negative"):
+        run.steps_to(-0.1)
+    with pytest.raises(ValueError, match="already reached at step 0"):
+        run.steps_to(L0)
+    with pytest.raises(ValueError, match="already reached at step 0"):
+        nk.design_policy(sur, 5, target=2 * L0)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 2\)"):
+        nk.design_policy(sur, 5, c_max=2.0)
+    with pytest.raises(ValueError, match="mean MSE"):
+        ce = nk.ScheduledDescentProblem(_grid(data), data, loss="cross_entropy")
+        nk.step_certificate(ce, nk.descend(ce, P.Constant(0.1), 3))
+
+
+def test_grid_that_does_not_cover_the_run_warns_once():
+    data = small_data()
+    # Nodes far from the clock's range [0, 5·0.7]: the run leaves the grid.
+    grid = _grid(data, nodes=jnp.array([10.0, 10.5, 11.25]))
+    sur = nk.ScheduledDescentProblem(grid, data)
+    with pytest.warns(S.ScheduleRangeWarning, match="clamped"):
+        nk.descend(sur, P.Constant(0.7), 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", S.ScheduleRangeWarning)
+        nk.descend(sur, P.Constant(0.7), 5)  # the same grid range: no second warning
