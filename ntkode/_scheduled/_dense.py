@@ -20,7 +20,7 @@ from ._grid import AbstractKernelGrid, check_nodes, init_metadata
 from ._low_rank import LowRankKernelGrid
 
 
-def _check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
+def check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
     """Finite, symmetric within tolerance (then symmetrised), PSD within tolerance."""
     if not is_concrete(k):
         return 0.5 * (k + jnp.swapaxes(k, -1, -2)) if psd_tol is not None else k
@@ -55,12 +55,12 @@ def _check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
     return jnp.asarray(sym, dtype=a.dtype)
 
 
-def _default_tol(dtype) -> float:
+def default_tol(dtype) -> float:
     # Round-off in J Jᵀ gives eigenvalues of order sqrt(eps)·λ_max at worst in practice.
     return float(np.sqrt(np.finfo(dtype).eps))
 
 
-def _inexact(x: Any) -> Array:
+def inexact(x: Any) -> Array:
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
 
@@ -105,10 +105,10 @@ class KernelGrid(AbstractKernelGrid):
         u0_test: Float[ArrayLike, "m k"] | None = None,
         psd_tol: float | None | str = "auto",
     ):
-        nodes = _inexact(nodes)
+        nodes = inexact(nodes)
         check_nodes(nodes)
         G = nodes.shape[0]
-        kt = _inexact(kernel_train)
+        kt = inexact(kernel_train)
         if kt.ndim == 5:
             n, n2, k, k2 = kt.shape[1:]
             if n != n2 or k != k2:
@@ -145,11 +145,11 @@ class KernelGrid(AbstractKernelGrid):
                     f"`kernel_test` has shape {ks.shape}; expected ({G}, m·{n_outputs}, {nk}) or "
                     f"({G}, m, {n}, {n_outputs}, {n_outputs}) to match `kernel_train`."
                 )
-        tol = _default_tol(kt.dtype) if psd_tol == "auto" else psd_tol
+        tol = default_tol(kt.dtype) if psd_tol == "auto" else psd_tol
         if isinstance(tol, str):
             raise ValueError(f"`psd_tol` must be a number, None or 'auto', got {psd_tol!r}.")
-        self.kernel_train = _check_kernels("kernel_train", kt, G, tol)
-        self.kernel_test = _check_kernels("kernel_test", ks, G, None)
+        self.kernel_train = check_kernels("kernel_train", kt, G, tol)
+        self.kernel_test = check_kernels("kernel_test", ks, G, None)
         self.nodes = nodes.astype(kt.dtype)
         init_metadata(self, kt.dtype, times, u0_train, u0_test, n_outputs)
 
@@ -175,6 +175,11 @@ class KernelGrid(AbstractKernelGrid):
         # One eigendecomposition per node.
         lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)
         return lam, vec, jnp.einsum("gij,gjr->gir", self.kernel_test, vec)
+
+    def piece_spectral(self, idx, w):
+        # One eigendecomposition of the (n·k)² combination.
+        lam, vec = jnp.linalg.eigh(jnp.einsum("a,aij->ij", w, self.kernel_train[idx]))
+        return lam, vec, jnp.einsum("a,aij,jr->ir", w, self.kernel_test[idx], vec)
 
     def eigenvalues(self):
         return jax.vmap(jnp.linalg.eigvalsh)(self.kernel_train)
@@ -226,4 +231,4 @@ class KernelGrid(AbstractKernelGrid):
         )
 
 
-__all__ = ["KernelGrid"]
+__all__ = ["KernelGrid", "check_kernels", "default_tol", "inexact"]
