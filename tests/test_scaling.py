@@ -7,6 +7,7 @@ approximate ones against their own error estimates.
 
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,3 +194,75 @@ def test_bad_shared_grid():
         nk.SharedKernelGrid(jnp.zeros(1), jnp.eye(3)[None], n_outputs=0)
     with pytest.raises(ValueError, match="positive semi-definite"):
         nk.SharedKernelGrid(jnp.zeros(1), -jnp.eye(3)[None])
+
+
+# ---------------------------------------------------------------- Lanczos compression
+
+
+def test_lanczos_compression_agrees_with_eigh_and_reports_its_error():
+    data = small_data(n=40, m=6)
+    grid = _random_grid(data, G=2, key=7, top=3.0)
+    exact = grid.compress(6)
+    full = grid.compress(6, krylov_dim=40)  # the whole space: exact Ritz pairs
+    np.testing.assert_allclose(full.eigvals, exact.eigvals, rtol=1e-9)
+    np.testing.assert_allclose(full.dense_train(), exact.dense_train(), atol=1e-8)
+    np.testing.assert_allclose(full.compression_error, exact.compression_error, atol=1e-9)
+    short = grid.compress(6, krylov_dim=14)
+    # Ritz pairs from 14 steps: the reported error is the true one, and near the optimum.
+    direct = jnp.linalg.norm(grid.kernel_train - short.dense_train(), axis=(1, 2))
+    direct = direct / jnp.linalg.norm(grid.kernel_train, axis=(1, 2))
+    np.testing.assert_allclose(short.compression_error[:, 0], direct, rtol=1e-8)
+    assert bool(jnp.all(short.compression_error[:, 0] >= exact.compression_error[:, 0] - 1e-12))
+    assert bool(jnp.all(short.compression_error[:, 0] <= 1.05 * exact.compression_error[:, 0]))
+    with pytest.raises(ValueError, match="krylov_dim"):
+        grid.compress(6, krylov_dim=3)
+
+
+# ---------------------------------------------------------------- grids from linearised steps
+
+
+def test_linearised_steps_are_exact_for_a_linear_model():
+    # A linear model is its own linearisation: the steps land on the true flow exactly, so
+    # loss-level nodes equal those of a grid built on an accurate true-flow solution.
+    data = small_data(n=10, m=4, d=3)
+    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(2))
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))
+    ts = jnp.linspace(0.0, 2.0, 5)
+    ref = nk.solve(problem, saveat=ts, save_weights=True, rtol=1e-11, atol=1e-12)
+    a = nk.KernelGrid.from_solution(ref, ts, model, data, schedule=S.LossLevel())
+    for basis in (nk.EigenBasis(), nk.KrylovBasis(dim=20)):
+        b = nk.KernelGrid.from_linearised_steps(
+            problem, ts, schedule=S.LossLevel(), piece_basis=basis
+        )
+        np.testing.assert_allclose(b.nodes, a.nodes, rtol=1e-11)
+        np.testing.assert_allclose(b.times, a.times)
+        np.testing.assert_allclose(b.u0_train, ref.train[0])
+
+
+def test_linearised_steps_converge_at_first_order():
+    # Gauss–Newton exponential Euler: the kernels at the nodes approach those of the true
+    # flow like h (the curvature term Σ r_i ∇²f_i is what the linearisation leaves out).
+    model, data = small_sine(n_train=16, n_test=8, width=16)
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 3.0))
+    ts = jnp.linspace(0.0, 3.0, 4)
+    ref = nk.solve(problem, saveat=ts, save_weights=True, rtol=1e-10, atol=1e-12)
+    truth = nk.KernelGrid.from_solution(ref, ts, model, data)
+    errors = []
+    for substeps in (2, 4, 8):
+        g = nk.KernelGrid.from_linearised_steps(problem, ts, substeps=substeps)
+        errors.append(rel_max(g.kernel_train, truth.kernel_train))
+    ratios = np.asarray(errors[:-1]) / np.asarray(errors[1:])
+    assert np.all((ratios > 1.7) & (ratios < 2.3)), (errors, ratios)
+
+
+def test_bad_linearised_steps():
+    model, data = small_sine()
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 1.0))
+    with pytest.raises(ValueError, match="inside tspan"):
+        nk.KernelGrid.from_linearised_steps(problem, [0.0, 2.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        nk.KernelGrid.from_linearised_steps(problem, [0.5, 0.5])
+    with pytest.raises(ValueError, match="substeps"):
+        nk.KernelGrid.from_linearised_steps(problem, [0.0, 1.0], substeps=0)
+    with pytest.raises(TypeError, match="GradientFlowProblem"):
+        nk.KernelGrid.from_linearised_steps(data, [0.0, 1.0])

@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._grid import AbstractKernelGrid
+from ._lanczos import lanczos, ritz
 
 
 class PieceBasis(NamedTuple):
@@ -108,48 +109,6 @@ class EigenBasis(AbstractPieceBasis):
         return float("inf")
 
 
-def lanczos(
-    matvec, r: Float[Array, " N"], dim: int
-) -> tuple[Float[Array, "m N"], Float[Array, " m"], Float[Array, " m"], Int[Array, ""]]:
-    r"""`dim` steps of Lanczos on the symmetric operator `matvec`, started at `r`.
-
-    Full reorthogonalisation (twice, classical Gram–Schmidt) keeps the basis orthonormal in
-    floating point. On breakdown (an invariant subspace: $\beta_{j+1} \approx 0$) the
-    remaining rows are zero and no more products are taken.
-
-    **Returns:** `(Q, alpha, beta, m)`: basis rows `Q` `(dim, N)` (rows `≥ m` zero), the
-    tridiagonal's diagonal `alpha` and couplings `beta` (`beta[j]` couples rows `j` and
-    `j + 1`; `beta[m - 1]` is $\beta_{m+1}$), and the number of active rows `m`.
-    """
-    N = r.shape[0]
-    dtype = r.dtype
-    eps = float(np.finfo(dtype).eps)
-    norm = jnp.linalg.norm(r)
-    q0 = r / jnp.where(norm > 0, norm, 1.0)
-    zero = jnp.zeros((N,), dtype)
-
-    def step(carry, j):
-        Q, q, q_prev, b_prev, scale, done = carry
-        v = jax.lax.cond(done, lambda x: zero, matvec, q)
-        a = q @ v
-        v = v - a * q - b_prev * q_prev
-        Q = Q.at[j].set(q)
-        for _ in range(2):
-            v = v - Q.T @ (Q @ v)
-        b = jnp.linalg.norm(v)
-        scale = jnp.maximum(scale, jnp.abs(a) + b + b_prev)
-        a, b = jnp.where(done, 0.0, a), jnp.where(done, 0.0, b)
-        broke = done | (b <= 10 * eps * scale) | (norm == 0)
-        q_next = jnp.where(broke, zero, v / jnp.where(b > 0, b, 1.0))
-        return (Q, q_next, q, b, scale, broke), (a, b, ~done)
-
-    init = (jnp.zeros((dim, N), dtype), q0, zero, jnp.zeros((), dtype), jnp.zeros((), dtype))
-    (Q, *_), (alpha, beta, active) = jax.lax.scan(
-        step, (*init, jnp.asarray(False)), jnp.arange(dim)
-    )
-    return Q, alpha, beta, jnp.sum(active)
-
-
 class KrylovBasis(AbstractPieceBasis):
     r"""A Lanczos basis of $\mathcal K_m(\Theta, r)$ from the residual entering each piece.
 
@@ -190,10 +149,7 @@ class KrylovBasis(AbstractPieceBasis):
         idx, w = piece
         dim = min(int(self.dim), r.shape[0])
         Q, alpha, beta, m = lanczos(lambda v: grid.train_matvec(idx, w, v), r, dim)
-        # Couplings past the last active row would tie it to zero rows: drop them.
-        off = jnp.where(jnp.arange(1, dim) < m, beta[:-1], 0.0)
-        T = jnp.diag(alpha) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        lam, S = jnp.linalg.eigh(T)
+        lam, S = ritz(alpha, beta, m)
         vec = Q.T @ S
         test = jax.vmap(lambda q: grid.test_matvec(idx, w, q))(Q)  # (dim, M)
         last = jnp.maximum(m - 1, 0)
@@ -217,5 +173,4 @@ __all__ = [
     "KrylovBasis",
     "PieceBasis",
     "check_piece_basis",
-    "lanczos",
 ]

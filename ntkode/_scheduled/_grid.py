@@ -347,6 +347,64 @@ class AbstractKernelGrid(eqx.Module):
             block_size=block_size,
         )
 
+    @classmethod
+    def from_linearised_steps(
+        cls,
+        problem: Any,
+        times: Float[ArrayLike, " G"],
+        *,
+        substeps: int = 1,
+        schedule: AbstractSchedule = Time(),
+        piece_basis: Any = None,
+        rank: int | None = None,
+        krylov_dim: int | None = None,
+        trace: bool = False,
+        implementation: Implementation | AbstractNTKImplementation = "auto",
+        block_size: int | None = None,
+    ) -> "AbstractKernelGrid":
+        r"""Kernels at the states of a cheap run: exponential steps of the linearised network.
+
+        No true flow is solved. From the problem's initial weights, each interval between
+        consecutive `times` is crossed in `substeps` steps; a step of length $h$ from
+        $\theta_j$ solves the linearised network's MSE flow exactly,
+        $\theta_{j+1} = \theta_j - \tfrac{\eta}{n}J_j^\top\Phi_h r_j$,
+        $\Phi_h = \int_0^h e^{-\eta\Theta_j s/n}ds$ (exponential Euler with the Gauss–Newton
+        linearisation; Hochbruck & Ostermann 2010; Lee et al. 2019), so the step length is
+        not limited by stiffness. Each step costs one kernel (which the grid keeps at the
+        node times), one $\Phi_h r$ and one vector-Jacobian product. See
+        `ntkode/_scheduled/_linearised.py`.
+
+        **Arguments:**
+
+        - `problem`: an [`ntkode.GradientFlowProblem`][] with mean MSE.
+        - `times`: node times, strictly increasing, inside the problem's `tspan`.
+        - `substeps`: steps per interval between node times (kernels at the extra steps
+          are computed and dropped).
+        - `schedule`: node values, as in [`AbstractKernelGrid.from_solution`][].
+        - `piece_basis`: how each step applies $\Phi_h$: [`ntkode.EigenBasis`][] (default)
+          or [`ntkode.KrylovBasis`][] (for large `n`).
+        - `rank`, `krylov_dim`: keep a low-rank grid ([`KernelGrid.compress`][]).
+        - `trace`, `implementation`, `block_size`: as in [`AbstractKernelGrid.from_params`][].
+
+        **Returns:** a kernel grid whose `times` are `times` and whose initial outputs are the
+        problem's.
+        """
+        from ._basis import EigenBasis
+        from ._linearised import linearised_grid
+
+        return linearised_grid(
+            problem,
+            times,
+            substeps=substeps,
+            schedule=schedule,
+            piece_basis=EigenBasis() if piece_basis is None else piece_basis,
+            rank=rank,
+            krylov_dim=krylov_dim,
+            trace=trace,
+            implementation=implementation,
+            block_size=block_size,
+        )
+
 
 def _is_model(x) -> bool:
     return isinstance(x, eqx.Module) and not isinstance(x, jax.Array)
