@@ -93,11 +93,17 @@ from ._path._machines import (
 )
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
+from ._scheduled._basis import (
+    AbstractPieceBasis as AbstractPieceBasis,
+    EigenBasis as EigenBasis,
+    KrylovBasis as KrylovBasis,
+)
 from ._scheduled._certify import Certificate as Certificate, certify as certify
 from ._scheduled._dense import KernelGrid as KernelGrid
 from ._scheduled._grid import AbstractKernelGrid as AbstractKernelGrid
 from ._scheduled._low_rank import LowRankKernelGrid as LowRankKernelGrid
 from ._scheduled._problem import ScheduledKernelProblem as ScheduledKernelProblem
+from ._scheduled._shared import SharedKernelGrid as SharedKernelGrid
 from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
 
 # Study-level names (`ntkode.studies`), imported when first asked for.

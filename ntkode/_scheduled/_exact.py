@@ -12,7 +12,12 @@ u_*(\tau) = u_* - c\,(\Theta_* V)\,\varphi(\tau)\,V^\top r, \quad
 
 (`decay_integral` of `ntkode/_core/_regression.py`). The part of $r$ outside a low-rank basis
 stays put. No ODE steps are taken, so there is no stiffness limit however large
-$\eta\lambda_{\max}/n$ grows. Pieces are entered:
+$\eta\lambda_{\max}/n$ grows. Where the basis comes from is a strategy
+(`ntkode/_scheduled/_basis.py`): every eigenpair ([`ntkode.EigenBasis`][]) or a Lanczos
+basis grown from the residual entering the piece ([`ntkode.KrylovBasis`][], no
+factorisation, for large training sets). Kernels shared by the `k` outputs
+($\Theta \otimes I_k$) have `n`-row bases: the residual is then read as an `(n, k)` matrix,
+one column per output. Pieces are entered:
 
 - for the time schedule, at the switching times themselves;
 - for a norm schedule ([`ntkode.schedules.AbstractNormSchedule`][]: the loss level, the
@@ -29,6 +34,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._core._regression import decay_integral
+from .._core._results import RESULTS
+from ._basis import AbstractPieceBasis, EigenBasis, PieceBasis
 from ._grid import AbstractKernelGrid
 from ._interp import AbstractPiecewiseConstant
 from ._schedule import AbstractNormSchedule, AbstractSchedule, Time
@@ -41,27 +48,30 @@ def is_exact(schedule: AbstractSchedule, interpolation) -> bool:
     )
 
 
-def piece_spectra(
-    grid: AbstractKernelGrid, weights: Float[Array, "P G"] | None
-) -> tuple[Float[Array, "P r"], Float[Array, "P nk r"], Float[Array, "P mk r"]]:
-    """Eigenpairs and projected test kernels of each piece's kernel.
-
-    `weights=None`: piece `p` carries node `p`'s kernel, whose spectrum the grid knows (a
-    low-rank grid stores it). Otherwise pieces carry convex combinations of node kernels,
-    diagonalised here.
-    """
+def active_nodes(interpolation: AbstractPiecewiseConstant, weights):
+    """`(idx, w)` `(P, support)`: the nodes each piece combines (`None, None`: node `p`)."""
     if weights is None:
-        return grid.spectral()
-    kt = jnp.einsum("pg,gij->pij", weights, grid.dense_train())
-    lam, vec = jax.vmap(jnp.linalg.eigh)(kt)
-    basis = jnp.einsum("pg,gij,pjr->pir", weights, grid.dense_test(), vec)
-    return lam, vec, basis
+        return None, None
+    # A piece combines at most `support` kernels (what `local` returns): the largest weights.
+    w, idx = jax.lax.top_k(weights, interpolation.support)
+    return idx, w
 
 
-def _exit_time(c, lam, vec, r, level, horizon):
+def _as_dtype(dtype):
+    return lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a
+
+
+def _columns(b: PieceBasis, r, us):
+    """The residual and test outputs as matrices with the basis' row counts."""
+    return r.reshape(b.eigvecs.shape[0], -1), us.reshape(b.test_basis.shape[0], -1)
+
+
+def _exit_time(c, b: PieceBasis, r, level, horizon):
     """Smallest τ in [0, horizon] with ‖r(τ)‖² = level (horizon if never reached)."""
-    coef = vec.T @ r
-    perp = jnp.maximum(r @ r - coef @ coef, 0.0)
+    R, _ = _columns(b, r, jnp.zeros((b.test_basis.shape[0],), r.dtype))
+    lam = b.eigvals[:, None]
+    coef = b.eigvecs.T @ R
+    perp = jnp.maximum(jnp.sum(R * R) - jnp.sum(coef * coef), 0.0)
 
     def f(tau):
         return jnp.sum(coef**2 * jnp.exp(-2 * c * lam * tau)) + perp - level
@@ -83,29 +93,44 @@ def _exit_time(c, lam, vec, r, level, horizon):
     return jnp.where(f(jnp.zeros_like(h)) <= 0, 0.0, jnp.clip(tau, 0.0, horizon))
 
 
-def _propagate(c, lam, vec, basis, r, us, tau):
+def _propagate(c, b: PieceBasis, r, us, tau):
     """Train residual and test outputs after time `tau` in one piece."""
-    coef = vec.T @ r
-    phi = decay_integral(c * lam, tau)
-    return r + vec @ (jnp.expm1(-c * lam * tau) * coef), us - c * basis @ (phi * coef)
+    R, U = _columns(b, r, us)
+    coef = b.eigvecs.T @ R
+    phi = decay_integral(c * b.eigvals, tau)[:, None]
+    R = R + b.eigvecs @ (jnp.expm1(-c * b.eigvals * tau)[:, None] * coef)
+    return R.reshape(-1), (U - c * b.test_basis @ (phi * coef)).reshape(-1)
 
 
-def _at_times(c, lam, vec, basis, r, us, tau):
+def _at_times(c, b: PieceBasis, r, us, tau):
     r"""`(r, u*, du/dt, du*/dt)` at elapsed times `tau` `(T,)` in one piece, all at once.
 
     In the piece's eigenbasis $V^\top r(\tau) = e^{-c\lambda\tau} \odot V^\top r$, so the
     velocities ($\Theta r = V(\lambda \odot V^\top r)$, $\Theta_* r = (\Theta_* V) V^\top r$)
     need no new projections, and each output is one matrix product with $V$ or $\Theta_* V$.
     """
-    coef = vec.T @ r
+    R, U = _columns(b, r, us)
+    lam = b.eigvals
+    coef = b.eigvecs.T @ R  # (rank, columns)
     x = c * lam[None, :] * tau[:, None]
     phi = decay_integral(c * lam[None, :], tau[:, None])
-    cur = c * jnp.exp(-x) * coef
+    cur = c * jnp.exp(-x)
     T = tau.shape[0]
-    both = jnp.concatenate([jnp.expm1(-x) * coef, -lam * cur]) @ vec.T
-    rt, dut = r + both[:T], both[T:]
-    both = jnp.concatenate([-c * phi * coef, -cur]) @ basis.T
-    return rt, us + both[:T], dut, both[T:]
+    both = jnp.einsum(
+        "ir,trc->tic", b.eigvecs, jnp.concatenate([jnp.expm1(-x), -lam * cur])[:, :, None] * coef
+    )
+    rt, dut = R + both[:T], both[T:]
+    both = jnp.einsum(
+        "ir,trc->tic", b.test_basis, jnp.concatenate([-c * phi, -cur])[:, :, None] * coef
+    )
+    flat = lambda a: a.reshape(a.shape[0], -1)
+    return flat(rt), flat(U + both[:T]), flat(dut), flat(both[T:])
+
+
+def _estimate(c, b: PieceBasis, tau):
+    """Relative residual error estimate of a Krylov basis at elapsed times `tau` (max)."""
+    phi = decay_integral(c * b.eigvals[None, :], tau[:, None])
+    return jnp.max(b.coupling * c * jnp.abs(phi @ b.tail))
 
 
 def exact_outputs(
@@ -118,15 +143,26 @@ def exact_outputs(
     learning_rate: Float[Array, ""],
     tspan: tuple[Float[Array, ""], Float[Array, ""]],
     ts: Float[Array, " T"],
+    piece_basis: AbstractPieceBasis = EigenBasis(),
 ) -> tuple[
-    Float[Array, "T n k"], Float[Array, "T m k"], Float[Array, "T n k"], Float[Array, "T m k"]
+    tuple[
+        Float[Array, "T n k"], Float[Array, "T m k"], Float[Array, "T n k"], Float[Array, "T m k"]
+    ],
+    RESULTS,
 ]:
-    """Train and test outputs and their time derivatives at the save times `ts`, exactly."""
+    """Train and test outputs and their time derivatives at the save times `ts`, exactly.
+
+    **Returns:** `((u, u*, du/dt, du*/dt), result)`: `result` is `RESULTS.not_converged`
+    where an approximate basis ([`ntkode.KrylovBasis`][]) estimated its error above its
+    tolerance, else `RESULTS.successful`.
+    """
     dtype = u0_train.dtype
     # One dtype throughout (float32 data with float64 times would break the scan carry).
     ts = ts.astype(dtype)
     bounds, weights = interpolation.pieces(grid.nodes.astype(dtype))
-    lam, vec, basis = (a.astype(dtype) for a in piece_spectra(grid, weights))
+    idx, w = active_nodes(interpolation, weights)
+    prepared = piece_basis.prepare(grid, idx, None if w is None else w.astype(dtype))
+    prepared = jax.tree.map(_as_dtype(dtype), prepared)
     n, k = u0_train.shape
     m = u0_test.shape[0]
     c = (learning_rate / n).astype(dtype)
@@ -134,43 +170,55 @@ def exact_outputs(
     t0, t1 = (t.astype(dtype) for t in tspan)
     r0, us0 = u0_train.reshape(-1) - y, u0_test.reshape(-1)
     by_norm = isinstance(schedule, AbstractNormSchedule)
+    P = bounds.shape[0] - 1
     if by_norm:
         # ‖r‖ falls, so the schedule value falls: pieces are crossed from the top down,
         # piece p until ‖r‖² reaches the level of its lower boundary.
-        order = jnp.arange(bounds.shape[0] - 2, -1, -1)
+        order = jnp.arange(P - 1, -1, -1)
         levels = schedule.residual_sq(bounds[:-1], n)[order]
-        pieces = (lam[order], vec[order], basis[order], levels)
+        pieces = (jax.tree.map(lambda a: a[order], prepared), levels)
     else:
         start, end = jnp.clip(bounds[:-1], t0, t1), jnp.clip(bounds[1:], t0, t1)
         member = (ts[None, :] >= bounds[:-1, None]) & (ts[None, :] < bounds[1:, None])
-        pieces = (lam, vec, basis, start, end, member)
+        pieces = (prepared, start, end, member)
 
     def piece(carry, inputs):
         if by_norm:
-            r, us, a, out = carry
-            lam_p, vec_p, basis_p, level = inputs
-            b = a + _exit_time(c, lam_p, vec_p, r, level, t1 - a)
+            r, us, err, a, out = carry
+            data, level = inputs
+            b = piece_basis.basis(grid, data, r)
+            end = a + _exit_time(c, b, r, level, t1 - a)
             # A non-empty piece ending at t1 also owns t1.
-            mask = (ts >= a) & ((ts < b) | ((ts >= t1) & (b >= t1) & (b > a)))
+            mask = (ts >= a) & ((ts < end) | ((ts >= t1) & (end >= t1) & (end > a)))
         else:
-            r, us, out = carry
-            lam_p, vec_p, basis_p, a, b, mask = inputs
-        new = _at_times(c, lam_p, vec_p, basis_p, r, us, jnp.clip(ts - a, 0.0, b - a))
+            r, us, err, out = carry
+            data, a, end, mask = inputs
+            b = piece_basis.basis(grid, data, r)
+        tau = jnp.clip(ts - a, 0.0, end - a)
+        new = _at_times(c, b, r, us, tau)
         out = tuple(jnp.where(mask[:, None], v, o) for v, o in zip(new, out, strict=True))
-        r, us = _propagate(c, lam_p, vec_p, basis_p, r, us, b - a)
-        return ((r, us, b, out) if by_norm else (r, us, out)), None
+        used = jnp.concatenate([jnp.where(mask, tau, 0.0), (end - a)[None]])
+        err = jnp.maximum(err, _estimate(c, b, used))
+        r, us = _propagate(c, b, r, us, end - a)
+        return ((r, us, err, end, out) if by_norm else (r, us, err, out)), None
 
     T = ts.shape[0]
     zr, zs = jnp.zeros((T,) + r0.shape, dtype), jnp.zeros((T,) + us0.shape, dtype)
     out0 = (zr, zs, zr, zs)
-    carry, _ = jax.lax.scan(piece, (r0, us0, t0, out0) if by_norm else (r0, us0, out0), pieces)
+    err0 = jnp.zeros((), dtype)
+    init = (r0, us0, err0, t0, out0) if by_norm else (r0, us0, err0, out0)
+    carry, _ = jax.lax.scan(piece, init, pieces)
     rs, uss, du, dus = carry[-1]
-    return (
+    err = carry[2]
+    converged = err <= piece_basis.tolerance(dtype)
+    result = RESULTS.where(converged, RESULTS.successful, RESULTS.not_converged)
+    outputs = (
         (rs + y).reshape(T, n, k),
         uss.reshape(T, m, k),
         du.reshape(T, n, k),
         dus.reshape(T, m, k),
     )
+    return outputs, result
 
 
-__all__ = ["exact_outputs", "is_exact", "piece_spectra"]
+__all__ = ["active_nodes", "exact_outputs", "is_exact"]

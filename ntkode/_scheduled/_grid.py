@@ -5,9 +5,11 @@ flat as `(n·k, n·k)` and `(m·k, n·k)` like [`ntkode.KernelFlowProblem`][]. H
 stored is a strategy: [`ntkode.KernelGrid`][] keeps them dense
 (`ntkode/_scheduled/_dense.py`), [`ntkode.LowRankKernelGrid`][] keeps the top-`r`
 eigenpairs of each train kernel and the test kernel projected on them
-(`ntkode/_scheduled/_low_rank.py`), which is what lets many kernels of a large training set
-fit in memory. The surrogate, the exact solver, the certificate and grid tuning only use the
-products and spectra declared here, so each storage answers for itself.
+(`ntkode/_scheduled/_low_rank.py`), and [`ntkode.SharedKernelGrid`][] one `(n, n)` kernel
+per node shared by the `k` outputs, $\bar\Theta \otimes I_k$
+(`ntkode/_scheduled/_shared.py`); the last two are what let many kernels of a large
+training set fit in memory. The surrogate, the exact solver, the certificate and grid
+tuning only use the products and spectra declared here, so each storage answers for itself.
 
 Grids from a network: [`AbstractKernelGrid.from_params`][] (kernels at given parameter
 states) and [`AbstractKernelGrid.from_solution`][] (kernels at snapshots $\theta(t_g)$ of a
@@ -155,6 +157,17 @@ class AbstractKernelGrid(eqx.Module):
         """
 
     @abc.abstractmethod
+    def piece_spectral(
+        self, idx: Int[Array, " a"], w: Float[Array, " a"]
+    ) -> tuple[Float[Array, " r"], Float[Array, "nk r"], Float[Array, "mk r"]]:
+        r"""`(eigvals, eigvecs, test_basis)` of the combination $\sum_j w_j \Theta_{\text{idx}_j}$.
+
+        Eigenvalues ascending; `test_basis` is $\sum_j w_j \Theta_{\text{idx}_j}(X_*, X) V$. A
+        piece of a piecewise-constant schedule carries such a combination
+        (`ntkode/_scheduled/_exact.py`).
+        """
+
+    @abc.abstractmethod
     def eigenvalues(self) -> Float[Array, "G nk"]:
         """All `n·k` train-kernel eigenvalues per node, ascending (unstored ones are 0)."""
 
@@ -189,8 +202,10 @@ class AbstractKernelGrid(eqx.Module):
         implementation: Implementation | AbstractNTKImplementation = "auto",
         u0_train: Float[ArrayLike, "n k"] | None = None,
         u0_test: Float[ArrayLike, "m k"] | None = None,
+        trace: bool = False,
+        block_size: int | None = None,
     ) -> "AbstractKernelGrid":
-        """Kernels of `model` at given parameter states.
+        r"""Kernels of `model` at given parameter states.
 
         **Arguments:**
 
@@ -201,12 +216,27 @@ class AbstractKernelGrid(eqx.Module):
         - `nodes`: scheduling value of each state, strictly increasing.
         - `times`, `u0_train`, `u0_test`: kept on the grid (see the fields).
         - `rank`: if given, keep the top-`rank` eigenpairs (see [`KernelGrid.compress`][]).
-        - `implementation`: passed to [`ntkode.ntk`][].
+        - `implementation`, `block_size`: passed to [`ntkode.ntk`][] (`block_size` bounds
+          the memory of each kernel's computation).
+        - `trace`: keep the mean diagonal output block $\bar\Theta = \operatorname{tr}_k
+          \Theta / k$ of each kernel, shared by the `k` outputs, instead of the full
+          `(n·k)²` blocks (a [`ntkode.SharedKernelGrid`][]: `k²` times less memory).
 
-        **Returns:** a dense [`ntkode.KernelGrid`][], or a [`ntkode.LowRankKernelGrid`][]
-        when `rank` is given.
+        The kernels are Gram matrices $J J^\top$ by construction: they are symmetrised but
+        not eigen-checked (that check costs an $O((nk)^3)$ eigendecomposition per node).
+
+        **Returns:** a dense [`ntkode.KernelGrid`][]; a [`ntkode.LowRankKernelGrid`][] when
+        `rank` is given; a [`ntkode.SharedKernelGrid`][] with `trace=True`.
         """
-        from ._dense import KernelGrid  # the dense grid is itself built on this class
+        # The storages are themselves built on this class.
+        from ._dense import KernelGrid
+        from ._shared import SharedKernelGrid
+
+        if trace and rank is not None:
+            raise ValueError(
+                "`rank` and `trace=True` do not combine: a shared (n, n) kernel per node is "
+                "already small; drop `rank`, or drop `trace` for low-rank full blocks."
+            )
 
         static = partition(model)[1]
         if isinstance(params, list | tuple):
@@ -223,25 +253,25 @@ class AbstractKernelGrid(eqx.Module):
                 f"{len(states)} parameter states but {nodes.shape[0]} nodes; pass one node each."
             )
         n, m, k = data.n_train, data.n_test, data.n_outputs
+        kw = dict(implementation=implementation, trace=trace, block_size=block_size)
+
+        def as_flat(a, rows):
+            # Traced kernels sum the k diagonal blocks: divide by k for their mean.
+            return a / k if trace else flatten_kernel(a, rows, n, k, "kernel")
+
         kts, kss = [], []
         for p in states:
             net = eqx.combine(p, static)
-            kt = ntk(net, data.x_train, implementation=implementation)
-            kts.append(flatten_kernel(kt, n, n, k, "kernel_train"))
+            kt = as_flat(ntk(net, data.x_train, **kw), n)
+            kts.append(0.5 * (kt + kt.T))
             if m:
-                ks = ntk(net, data.x_test, data.x_train, implementation=implementation)
-                kss.append(flatten_kernel(ks, m, n, k, "kernel_test"))
+                kss.append(as_flat(ntk(net, data.x_test, data.x_train, **kw), m))
             else:
-                kss.append(jnp.zeros((0, n * k), kts[-1].dtype))
-        grid = KernelGrid(
-            nodes,
-            jnp.stack(kts),
-            jnp.stack(kss),
-            n_outputs=k,
-            times=times,
-            u0_train=u0_train,
-            u0_test=u0_test,
-        )
+                kss.append(jnp.zeros((0, kt.shape[1]), kt.dtype))
+        meta = dict(n_outputs=k, times=times, u0_train=u0_train, u0_test=u0_test, psd_tol=None)
+        if trace:
+            return SharedKernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
+        grid = KernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
         return grid if rank is None else grid.compress(rank)
 
     @classmethod
@@ -255,6 +285,8 @@ class AbstractKernelGrid(eqx.Module):
         schedule: AbstractSchedule = Time(),
         rank: int | None = None,
         implementation: Implementation | AbstractNTKImplementation = "auto",
+        trace: bool = False,
+        block_size: int | None = None,
     ) -> "AbstractKernelGrid":
         """Kernels along a true-flow solution, at the saved times nearest to `times`.
 
@@ -262,7 +294,8 @@ class AbstractKernelGrid(eqx.Module):
         `save_weights=True` and `saveat` containing `times`. Node values are
         `schedule(t_g, u(t_g))` (time by default; e.g. `schedules.LossLevel()` for a
         loss-scheduled grid), sorted increasingly. The grid remembers the run's initial
-        outputs as the default starting point of a surrogate.
+        outputs as the default starting point of a surrogate. `rank`, `implementation`,
+        `trace` and `block_size` are as in [`AbstractKernelGrid.from_params`][].
 
         **Returns:** as [`AbstractKernelGrid.from_params`][].
         """
@@ -310,6 +343,66 @@ class AbstractKernelGrid(eqx.Module):
             implementation=implementation,
             u0_train=sol.train[0],
             u0_test=sol.test[0],
+            trace=trace,
+            block_size=block_size,
+        )
+
+    @classmethod
+    def from_linearised_steps(
+        cls,
+        problem: Any,
+        times: Float[ArrayLike, " G"],
+        *,
+        substeps: int = 1,
+        schedule: AbstractSchedule = Time(),
+        piece_basis: Any = None,
+        rank: int | None = None,
+        krylov_dim: int | None = None,
+        trace: bool = False,
+        implementation: Implementation | AbstractNTKImplementation = "auto",
+        block_size: int | None = None,
+    ) -> "AbstractKernelGrid":
+        r"""Kernels at the states of a cheap run: exponential steps of the linearised network.
+
+        No true flow is solved. From the problem's initial weights, each interval between
+        consecutive `times` is crossed in `substeps` steps; a step of length $h$ from
+        $\theta_j$ solves the linearised network's MSE flow exactly,
+        $\theta_{j+1} = \theta_j - \tfrac{\eta}{n}J_j^\top\Phi_h r_j$,
+        $\Phi_h = \int_0^h e^{-\eta\Theta_j s/n}ds$ (exponential Euler with the Gauss–Newton
+        linearisation; Hochbruck & Ostermann 2010; Lee et al. 2019), so the step length is
+        not limited by stiffness. Each step costs one kernel (which the grid keeps at the
+        node times), one $\Phi_h r$ and one vector-Jacobian product. See
+        `ntkode/_scheduled/_linearised.py`.
+
+        **Arguments:**
+
+        - `problem`: an [`ntkode.GradientFlowProblem`][] with mean MSE.
+        - `times`: node times, strictly increasing, inside the problem's `tspan`.
+        - `substeps`: steps per interval between node times (kernels at the extra steps
+          are computed and dropped).
+        - `schedule`: node values, as in [`AbstractKernelGrid.from_solution`][].
+        - `piece_basis`: how each step applies $\Phi_h$: [`ntkode.EigenBasis`][] (default)
+          or [`ntkode.KrylovBasis`][] (for large `n`).
+        - `rank`, `krylov_dim`: keep a low-rank grid ([`KernelGrid.compress`][]).
+        - `trace`, `implementation`, `block_size`: as in [`AbstractKernelGrid.from_params`][].
+
+        **Returns:** a kernel grid whose `times` are `times` and whose initial outputs are the
+        problem's.
+        """
+        from ._basis import EigenBasis
+        from ._linearised import linearised_grid
+
+        return linearised_grid(
+            problem,
+            times,
+            substeps=substeps,
+            schedule=schedule,
+            piece_basis=EigenBasis() if piece_basis is None else piece_basis,
+            rank=rank,
+            krylov_dim=krylov_dim,
+            trace=trace,
+            implementation=implementation,
+            block_size=block_size,
         )
 
 

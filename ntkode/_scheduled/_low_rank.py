@@ -110,6 +110,19 @@ class LowRankKernelGrid(AbstractKernelGrid):
     def spectral(self):
         return self.eigvals, self.eigvecs, self.test_basis
 
+    def piece_spectral(self, idx, w):
+        # Σ_j w_j V_j Λ_j V_jᵀ lives in the span of the stacked bases [V_1 … V_a] = Q R:
+        # it is Q (R D Rᵀ) Qᵀ with D = diag(w_j Λ_j), so one QR of an (n·k, a·r) matrix and
+        # one (a·r)² eigendecomposition give its exact eigenpairs, O(n·k·(a·r)²) work.
+        lam, vec, basis = self.eigvals[idx], self.eigvecs[idx], self.test_basis[idx]
+        a, nk, r = vec.shape
+        q, R = jnp.linalg.qr(jnp.moveaxis(vec, 0, 1).reshape(nk, a * r))
+        small = (R * (w[:, None] * lam).reshape(-1)) @ R.T
+        theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
+        vecs = q @ U
+        proj = jnp.einsum("ajr,jq->arq", vec, vecs)
+        return theta, vecs, jnp.einsum("a,amr,arq->mq", w, basis, proj)
+
     def eigenvalues(self):
         # The kernel is zero outside the stored basis: n·k - r zero eigenvalues.
         lam = self.eigvals

@@ -47,6 +47,7 @@ from .._core._problem import (
     solve_function_space,
 )
 from .._core._solution import Solution
+from ._basis import AbstractPieceBasis, EigenBasis, check_piece_basis
 from ._exact import exact_outputs, is_exact
 from ._grid import AbstractKernelGrid, check_grid
 from ._interp import (
@@ -119,6 +120,10 @@ class ScheduledKernelProblem(AbstractProblem):
     - `loss`, `tspan`, `learning_rate`: as in [`ntkode.KernelFlowProblem`][].
     - `u0_train`, `u0_test`: outputs at `t0`; default the grid's remembered initial outputs
       (those of the reference run), else zeros.
+    - `piece_basis`: how the exact solver diagonalises each piece (used when `solve` takes
+      the exact path): [`ntkode.EigenBasis`][] (default; one eigendecomposition per piece,
+      $O((nk)^3)$) or [`ntkode.KrylovBasis`][] (Lanczos, $O(m\,(nk)^2)$ per piece; for
+      training sets of thousands of examples).
 
     Solve it with [`ntkode.solve`][]; see the module notes for the solvers used.
     """
@@ -132,6 +137,7 @@ class ScheduledKernelProblem(AbstractProblem):
     loss: AbstractLoss
     tspan: tuple[Float[Array, ""], Float[Array, ""]]
     learning_rate: Float[Array, ""]
+    piece_basis: AbstractPieceBasis
 
     def __init__(
         self,
@@ -144,9 +150,12 @@ class ScheduledKernelProblem(AbstractProblem):
         learning_rate: Float[ArrayLike, ""] = 1.0,
         u0_train: Float[ArrayLike, "n k"] | None = None,
         u0_test: Float[ArrayLike, "m k"] | None = None,
+        *,
+        piece_basis: AbstractPieceBasis = EigenBasis(),
     ):
         init_common(self, data, loss, tspan, learning_rate)
         check_grid(grid)
+        check_piece_basis(piece_basis)
         if not isinstance(schedule, AbstractSchedule):
             raise TypeError(
                 "`schedule` must be a scheduling variable from ntkode.schedules "
@@ -178,6 +187,7 @@ class ScheduledKernelProblem(AbstractProblem):
         self.interpolation = interpolation
         self.u0_train = initial_outputs("u0_train", u0_train, (n, k), dtype)
         self.u0_test = initial_outputs("u0_test", u0_test, (m, k), dtype)
+        self.piece_basis = piece_basis
         check_finite("u0_train", self.u0_train)
 
     @property
@@ -218,7 +228,7 @@ class ScheduledKernelProblem(AbstractProblem):
         """Piecewise-constant MSE flow: exact exponentials on each piece."""
         assert isinstance(self.schedule, Time | AbstractNormSchedule)
         assert isinstance(self.interpolation, AbstractPiecewiseConstant)
-        u, us, du, dus = exact_outputs(
+        (u, us, du, dus), result = exact_outputs(
             self.grid,
             self.schedule,
             self.interpolation,
@@ -228,9 +238,10 @@ class ScheduledKernelProblem(AbstractProblem):
             self.learning_rate,
             self.tspan,
             options.ts,
+            self.piece_basis,
         )
         ts = options.ts.astype(self.u0_train.dtype)
-        return make_solution(self, ts, u, us, du, dus, kind="scheduled")
+        return make_solution(self, ts, u, us, du, dus, kind="scheduled", result=result)
 
 
 def surrogate_for(
