@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._core._model import partition
 from ._base import AbstractNTKImplementation
-from ._engine import compute_kernel
+from ._dispatch import cached_call, compiled_call
 from ._jacobian import JacobianNTK
 from ._ntvp import NTVPNTK
 from ._reference import ntk_reference
@@ -17,6 +16,21 @@ from ._structured import StructuredNTK
 from ._validate import check_block_size, check_inputs
 
 _NAMES = ("auto", "structured", "jacobian", "ntvp", "reference")
+
+# "auto": the structured path is the fastest wherever it applies (dense and conv layers),
+# and it falls back to Jacobian contraction (the fastest general method for models with
+# fewer examples than parameters) for everything else. Built once: the instances are part
+# of the compiled-function cache's key.
+_BY_NAME: dict[tuple[str, bool], AbstractNTKImplementation] = {
+    (name, trace): impl
+    for trace in (False, True)
+    for name, impl in (
+        ("auto", StructuredNTK(trace_hint=trace)),
+        ("structured", StructuredNTK(trace_hint=trace)),
+        ("jacobian", JacobianNTK()),
+        ("ntvp", NTVPNTK()),
+    )
+}
 
 
 def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | str:
@@ -29,12 +43,7 @@ def _resolve(implementation: Any, trace: bool) -> AbstractNTKImplementation | st
         )
     if implementation == "reference":
         return "reference"
-    if implementation in ("auto", "structured"):
-        # "auto": the structured path is the fastest wherever it applies (dense and conv
-        # layers), and it falls back to Jacobian contraction (the fastest general method
-        # for models with fewer examples than parameters) for everything else.
-        return StructuredNTK(trace_hint=trace)
-    return JacobianNTK() if implementation == "jacobian" else NTVPNTK()
+    return _BY_NAME[implementation, bool(trace)]
 
 
 def engine_implementation(
@@ -94,6 +103,12 @@ def ntk(
     Reference: Novak, Sohl-Dickstein, Schoenholz (2022), "Fast finite width neural tangent
     kernel", ICML.
     """
+    fast = _BY_NAME.get((implementation, bool(trace))) if isinstance(implementation, str) else None
+    if fast is not None and devices is None:
+        # The common eager call: a cache hit skips validation (done when it was filled).
+        out = cached_call(model, x1, x2, fast, trace, block_size, None)
+        if out is not None:
+            return out
     impl = _resolve(implementation, trace)
     check_block_size(block_size)
     x1, x2 = check_inputs(model, x1, x2)
@@ -112,5 +127,6 @@ def ntk(
             )
         k = ntk_reference(model, x1, x2)
         return jnp.trace(k, axis1=2, axis2=3) if trace else k
-    params, static = partition(model)
-    return compute_kernel(impl, params, static, x1, x2, trace, block_size, devices)
+    # One device: the default one (as without `devices`).
+    devices = tuple(devices) if devices is not None and len(devices) > 1 else None
+    return compiled_call(model, x1, x2, impl, trace, block_size, devices)

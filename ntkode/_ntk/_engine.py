@@ -16,17 +16,14 @@ comes back as a global `jax.Array` whose rows live on the hosts that computed th
 with `jax.experimental.multihost_utils.process_allgather` if every host needs all of it).
 """
 
-from collections.abc import Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ._base import AbstractNTKImplementation
-from ._validate import check_model_inputs
 
 
 def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
@@ -40,6 +37,36 @@ def _size(tree: Any) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
+def _starts(n: int, b: int) -> np.ndarray:
+    """Starts of the blocks of `b` rows covering `[0, n)`; the last one ends at `n`.
+
+    The last block may overlap the one before it (entries there are written twice, with the
+    same values): no padded rows, so the output needs no cutting, which would copy it.
+    """
+    return np.minimum(np.arange(-(-n // b)) * b, n - b).astype(np.int32)
+
+
+def _rows(tree: Any, start: Any, size: int) -> Any:
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), tree)
+
+
+def _swap(k: jax.Array) -> jax.Array:
+    r"""The kernel block of the swapped pair: $\Theta_{ji,ba} = \Theta_{ij,ab}$."""
+    return jnp.swapaxes(jnp.swapaxes(k, 0, 1), 2, 3) if k.ndim == 4 else k.T
+
+
+def _put(out: jax.Array, k: jax.Array, i: Any, j: Any) -> jax.Array:
+    at = (i, j) + (jnp.zeros_like(i),) * (k.ndim - 2)
+    return jax.lax.dynamic_update_slice(out, k.astype(out.dtype), at)
+
+
+def _all_features(feat, x: jax.Array, b: int) -> Any:
+    """Features of every example of `x`, computed `b` examples at a time."""
+    blocks = _pad_rows(x, b).reshape((-1, b) + x.shape[1:])
+    f = jax.lax.map(feat, blocks)
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[: x.shape[0]], f)
+
+
 def blocked_kernel(
     impl: AbstractNTKImplementation,
     params: Any,
@@ -49,47 +76,65 @@ def blocked_kernel(
     trace: bool,
     block: int | None,
 ) -> jax.Array:
-    """The kernel between `x1` and `x2` (or `x1`), `block` rows at a time (inside `jit`)."""
+    """The kernel between `x1` and `x2` (or `x1`), `block` rows at a time (inside `jit`).
+
+    With `x2=None` only the blocks on and above the diagonal are computed (`m(m+1)/2` of
+    `m²`), each written together with its mirror image.
+    """
     n1 = x1.shape[0]
     if block is None or (block >= n1 and (x2 is None or block >= x2.shape[0])):
         return impl.kernel(params, static, x1, x2, trace)
+    symmetric = x2 is None
     xs2 = x1 if x2 is None else x2
     n2 = xs2.shape[0]
     b1, b2 = min(block, n1), min(block, n2)
-    rows = _pad_rows(x1, b1).reshape((-1, b1) + x1.shape[1:])
-    cols = _pad_rows(xs2, b2).reshape((-1, b2) + xs2.shape[1:])
+    s1, s2 = _starts(n1, b1), _starts(n2, b2)
     feat = lambda x: impl.features(params, static, x)
-    per_example = _size(jax.eval_shape(feat, cols[0])) // b2
-    keep_columns = per_example * n2 <= block * max(_size(params), 1)
-    if keep_columns:
-        f2 = jax.lax.map(feat, cols)
-        f2 = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), f2)
+    contract = lambda f1, f2: impl.contract(params, static, f1, f2, trace)
+    f_shape = jax.eval_shape(feat, xs2[:b2])
+    keep = _size(f_shape) // b2 * n2 <= block * max(_size(params), 1)
+    k_shape = jax.eval_shape(lambda a, c: contract(feat(a), feat(c)), x1[:b1], xs2[:b2])
+    out = jnp.zeros((n1, n2) + k_shape.shape[2:], k_shape.dtype)
+    f2 = _all_features(feat, xs2, b2) if keep else None
+    if keep and not symmetric:
+        # Small column features: each row block against all columns in one contraction.
+        def row(out, s):
+            rows = jax.lax.dynamic_slice_in_dim(x1, s, b1)
+            return _put(out, contract(feat(rows), f2), s, jnp.zeros_like(s)), None
 
-        def row(xb):
-            return impl.contract(params, static, feat(xb), f2, trace)
-    else:
+        return jax.lax.scan(row, out, jnp.asarray(s1))[0]
+    # Block pairs in row-major order (symmetric: j >= i only); a row's features are computed
+    # when the row starts (or sliced from the kept ones) and carried along it.
+    m1, m2 = len(s1), len(s2)
+    pairs = [(i, j) for i in range(m1) for j in range(i if symmetric else 0, m2)]
+    ii, jj = (np.asarray(v, np.int32) for v in zip(*pairs, strict=True))
+    fresh = jj == (ii if symmetric else 0)
 
-        def row(xb):
-            f1 = feat(xb)
-            out = jax.lax.map(lambda xc: impl.contract(params, static, f1, feat(xc), trace), cols)
-            out = jnp.moveaxis(out, 0, 1)  # (b1, nb2, b2, ...)
-            return out.reshape((b1, -1) + out.shape[3:])
+    def block_features(x, f, s, b):
+        return _rows(f, s, b) if f is not None else feat(jax.lax.dynamic_slice_in_dim(x, s, b))
 
-    out = jax.lax.map(row, rows)
-    out = out.reshape((-1,) + out.shape[2:])
-    return out[:n1, :n2]
+    row0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(feat, x1[:b1]))
+    s1, s2 = jnp.asarray(s1), jnp.asarray(s2)
+
+    def step(carry, pair):
+        out, fi = carry
+        i, j, new_row = pair
+        fi = jax.lax.cond(new_row, lambda: block_features(x1, f2, s1[i], b1), lambda: fi)
+        k = contract(fi, block_features(xs2, f2, s2[j], b2))
+        if symmetric:
+            # Diagonal blocks made exactly symmetric, so the whole kernel is.
+            k = jnp.where(i == j, 0.5 * (k + _swap(k)), k)
+            out = _put(_put(out, k, s1[i], s2[j]), _swap(k), s2[j], s1[i])
+        else:
+            out = _put(out, k, s1[i], s2[j])
+        return (out, fi), None
+
+    pairs = tuple(jnp.asarray(a) for a in (ii, jj, fresh))
+    return jax.lax.scan(step, (out, row0), pairs)[0][0]
 
 
-# Model/input compatibility is checked while tracing (a cache hit skips it for free).
-@eqx.filter_jit
-def _single(impl, params, static, x1, x2, trace, block):
-    check_model_inputs(eqx.combine(params, static), x1)
-    return blocked_kernel(impl, params, static, x1, x2, trace, block)
-
-
-@eqx.filter_jit
-def _sharded(impl, params, static, x1, x2, trace, block, devices):
-    check_model_inputs(eqx.combine(params, static), x1)
+def sharded_kernel(impl, params, static, x1, x2, trace, block, devices):
+    """The kernel with rows of `x1` spread over `devices` (inside `jit`)."""
     mesh = Mesh(np.asarray(devices), ("rows",))
     n1 = x1.shape[0]
     x1p = _pad_rows(x1, len(devices))
@@ -102,19 +147,3 @@ def _sharded(impl, params, static, x1, x2, trace, block, devices):
         local, mesh=mesh, in_specs=(P(), P("rows"), P()), out_specs=P("rows"), check_vma=False
     )
     return fn(params, x1p, xs2)[:n1]
-
-
-def compute_kernel(
-    impl: AbstractNTKImplementation,
-    params: Any,
-    static: Any,
-    x1: jax.Array,
-    x2: jax.Array | None,
-    trace: bool,
-    block: int | None,
-    devices: Sequence[Any] | None,
-) -> jax.Array:
-    """Dispatch to one device or to a row-sharded computation over `devices`."""
-    if devices is None or len(devices) <= 1:
-        return _single(impl, params, static, x1, x2, trace, block)
-    return _sharded(impl, params, static, x1, x2, trace, block, tuple(devices))
