@@ -11,6 +11,12 @@ import importlib.metadata
 from typing import Any
 
 from . import datasets as datasets, losses as losses, schedules as schedules, transfer as transfer
+from ._core._adapters import (
+    AbstractApply as AbstractApply,
+    ModelAdapter as ModelAdapter,
+    from_apply as from_apply,
+    from_flax as from_flax,
+)
 from ._core._compare import (
     Comparison as Comparison,
     compare as compare,
