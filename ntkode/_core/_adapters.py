@@ -78,12 +78,19 @@ class AbstractApply(eqx.Module):
 
 
 class FunctionApply(AbstractApply):
-    """A user's `apply(params, x)`; with `batched=True` it is given a batch of one."""
+    """A user's `apply(params, x)`; with `batched=True` it is given a batch of one.
+
+    `treedef` is the structure of the user's parameters: the adapter holds them with empty
+    containers (stax's `()` for parameter-free layers) as `None`, which diffrax's solvers
+    accept as part of an ODE state where they refuse empty tuples; `apply` gets the original.
+    """
 
     fn: Callable[..., Any] = eqx.field(static=True)
+    treedef: Any = eqx.field(static=True)
     batched: bool = eqx.field(static=True, default=False)
 
     def __call__(self, params, x):
+        params = jax.tree.unflatten(self.treedef, jax.tree.leaves(params))
         return self.fn(params, x[None])[0] if self.batched else self.fn(params, x)
 
     def describe(self) -> str:
@@ -211,7 +218,10 @@ def from_apply(
             f"`apply` must be a function apply(params, x), got {type(apply).__name__}; "
             "call from_apply(apply, params) in that order."
         )
-    return ModelAdapter(_check_params(params, "params"), FunctionApply(apply, bool(batched)))
+    params = _check_params(params, "params")
+    empty = lambda v: isinstance(v, tuple | list | dict) and not jax.tree.leaves(v)
+    held = jax.tree.map(lambda v: None if empty(v) else v, params, is_leaf=empty)
+    return ModelAdapter(held, FunctionApply(apply, jax.tree.structure(params), bool(batched)))
 
 
 def _import_flax():

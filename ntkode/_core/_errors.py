@@ -20,13 +20,23 @@ def check_finite(name: str, x: Any) -> None:
     """Raise `ValueError` if the array `x` (argument `name`) holds NaN or infinity."""
     if not is_concrete(x):
         return
-    arr = np.asarray(x)
-    if arr.size and not np.all(np.isfinite(arr)):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A global array spanning several processes (jax.distributed): count where it lives;
+        # the count comes back replicated, readable by every process.
+        bad = int(_count_nonfinite(x))
+    else:
+        arr = np.asarray(x)
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
         raise ValueError(
             f"`{name}` contains {bad} non-finite value(s) (NaN or infinity); "
             "remove or impute them before building the problem."
         )
+
+
+@jax.jit
+def _count_nonfinite(x):
+    return jnp.sum(~jnp.isfinite(x))
 
 
 def check_nonempty(name: str, x: Any) -> None:
