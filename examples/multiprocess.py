@@ -56,9 +56,7 @@ def problem(n_train: int, n_test: int, dim: int, width: int, dtype=None):
 
     dtype = jnp.float32 if dtype is None else dtype
     data = nk.datasets.sine(n_train, n_test, dim, key=jax.random.key(0), dtype=dtype)
-    model = eqx.nn.MLP(
-        dim, 1, width, 2, activation=jax.nn.relu, key=jax.random.key(1), dtype=dtype
-    )
+    model = eqx.nn.MLP(dim, 1, width, 2, activation=jax.nn.relu, key=jax.random.key(1), dtype=dtype)
     return model, data
 
 

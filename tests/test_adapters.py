@@ -10,7 +10,6 @@ import functools
 import subprocess
 import sys
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -50,9 +49,7 @@ def _networks():
     class NNXMLP(nnx.Module):
         def __init__(self, rngs):
             sizes = [(D, W), (W, W), (W, K)]
-            self.layers = nnx.List(
-                [nnx.Linear(i, o, rngs=rngs, param_dtype=F64) for i, o in sizes]
-            )
+            self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs, param_dtype=F64) for i, o in sizes])
 
         def __call__(self, x):
             for layer in self.layers[:-1]:
@@ -312,8 +309,7 @@ def test_bad_input_says_what_to_do():
 
 def test_import_ntkode_does_not_import_flax():
     code = (
-        "import sys, ntkode; "
-        "print(sorted(m for m in ('flax', 'matplotlib') if m in sys.modules))"
+        "import sys, ntkode; print(sorted(m for m in ('flax', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
