@@ -84,6 +84,7 @@ from ._path._machines import (
 )
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
+from ._plot import plot as plot
 from ._scheduled._certify import Certificate as Certificate, certify as certify
 from ._scheduled._grid import KernelGrid as KernelGrid
 from ._scheduled._problem import ScheduledKernelProblem as ScheduledKernelProblem

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from ..._core._compare import Comparison
 from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._solve import timed_solve
+from ..._plot import save
 from .._problems import sine_problem
 from ._scheduled_rows import add_scheduled_rows, plot_error_vs_grid, saveat_with_nodes
 
@@ -178,7 +179,8 @@ def compare_study(
         shown.rows = cmp.rows
         keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
         shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
-        shown.plot(os.path.join(out, "compare.png"))
+        fig, _ = shown.plot()
+        save(fig, os.path.join(out, "compare.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
         if any(k.startswith("tuned_") for k in cmp.rows):
