@@ -9,6 +9,7 @@ difference, $\\|\\delta u(t)\\| \\le \\eta t \\|\\delta\\Theta\\|_2 \\|r_0\\| / 
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -45,8 +46,10 @@ def test_two_processes_equal_one_process(tmp_path):
         [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"processes": 2' in proc.stdout and '"devices": 4' in proc.stdout
-    assert "P('rows',)" in proc.stdout  # 32 rows over 4 devices: the kernel stayed sharded
+    (line,) = [s for s in proc.stdout.splitlines() if s.startswith("result:")]
+    record = json.loads(line.removeprefix("result:"))
+    assert record["processes"] == 2 and record["devices"] == 4
+    assert record["kernel_sharding"] == "P('rows',)"  # 32 rows over 4 devices: still sharded
     got = np.load(out)
 
     model, data = _example().problem(**SIZES, dtype=jnp.float32)
