@@ -26,6 +26,12 @@ from ._control._descent import Descent as Descent, descend as descend
 from ._control._design import PolicyDesign as PolicyDesign, design_policy as design_policy
 from ._control._network import GradientDescentProblem as GradientDescentProblem
 from ._control._surrogate import ScheduledDescentProblem as ScheduledDescentProblem
+from ._core._adapters import (
+    AbstractApply as AbstractApply,
+    ModelAdapter as ModelAdapter,
+    from_apply as from_apply,
+    from_flax as from_flax,
+)
 from ._core._compare import (
     Comparison as Comparison,
     compare as compare,
@@ -93,6 +99,7 @@ from ._path._machines import (
 )
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
+from ._plot import plot as plot
 from ._scheduled._basis import (
     AbstractPieceBasis as AbstractPieceBasis,
     EigenBasis as EigenBasis,

@@ -1,6 +1,7 @@
 """Compare surrogate trajectories against the true flow: errors, costs, a table, a figure, JSON."""
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -141,28 +142,26 @@ class Comparison:
         """Write `results.json` (atomically: a crash leaves the previous file intact)."""
         write_json(path, self.rows)
 
-    def plot(self, path: str, n_traj: int = 3) -> None:
-        """Loss curves of every method and a few train-output trajectories vs the reference."""
-        from .._plot import pyplot
+    def plot(
+        self,
+        kinds: Sequence[str] = ("loss", "outputs"),
+        *,
+        axes: Sequence[Any] | None = None,
+        split: str = "train",
+        examples: int | Sequence[int] = 3,
+        output: int = 0,
+    ) -> tuple[Any, list[Any]]:
+        """Every method side by side, one panel per kind; returns `(figure, axes)`.
 
-        plt = pyplot()
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        ref = self.solutions.get(self.reference_name)
-        for i, (name, sol) in enumerate(self.solutions.items()):
-            color = f"C{i % 10}"
-            ax1.semilogy(sol.t, sol.train_loss, color=color, label=f"{name} train")
-            if sol.y_test.shape[0]:
-                ax1.semilogy(sol.t, sol.test_loss, color=color, ls="--", lw=1)
-            for j in range(min(n_traj, sol.train.shape[1])):
-                style = dict(color=color, lw=2 if sol is ref else 1, ls="-" if sol is ref else ":")
-                ax2.plot(sol.t, sol.train[:, j, 0], label=name if j == 0 else None, **style)
-        ax1.set(xlabel="t", ylabel="loss (solid train, dashed test)", title="Loss")
-        ax2.set(xlabel="t", ylabel="output", title=f"{n_traj} train outputs")
-        ax1.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        `kinds` are those of [`ntkode.plot`][] (`"loss"`, `"outputs"`, `"residual"`,
+        `"error"` against the reference); the reference is drawn thick and solid. Pass
+        `axes` (one per kind) to draw into a figure of your own. Needs matplotlib.
+        """
+        from .._plot import plot_comparison
+
+        return plot_comparison(
+            self, kinds, axes=axes, split=split, examples=examples, output=output
+        )
 
 
 def compare(
@@ -171,8 +170,8 @@ def compare(
     """Errors of surrogate solutions against a reference (true-flow) solution.
 
     `compare(sol_true, sol_a, sol_b)` or `compare(sol_true, frozen=sol_a, scheduled=sol_b)`.
-    Returns a [`ntkode.Comparison`][] with `.rows`, `.table()`, `.plot(path)`,
-    `.save_json(path)`.
+    Returns a [`ntkode.Comparison`][] with `.rows`, `.table()`, `.plot()` (matplotlib
+    figure and axes), `.save_json(path)`.
     """
     if names is not None and len(names) != len(surrogates):
         raise ValueError("`names` must name each positional surrogate solution.")

@@ -20,13 +20,23 @@ def check_finite(name: str, x: Any) -> None:
     """Raise `ValueError` if the array `x` (argument `name`) holds NaN or infinity."""
     if not is_concrete(x):
         return
-    arr = np.asarray(x)
-    if arr.size and not np.all(np.isfinite(arr)):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # A global array spanning several processes (jax.distributed): count where it lives;
+        # the count comes back replicated, readable by every process.
+        bad = int(_count_nonfinite(x))
+    else:
+        arr = np.asarray(x)
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
         raise ValueError(
             f"`{name}` contains {bad} non-finite value(s) (NaN or infinity); "
             "remove or impute them before building the problem."
         )
+
+
+@jax.jit
+def _count_nonfinite(x):
+    return jnp.sum(~jnp.isfinite(x))
 
 
 def check_nonempty(name: str, x: Any) -> None:
@@ -83,6 +93,12 @@ def check_psd_kernels(name: str, kernels: Any, psd_tol: float | None, label: str
     """
     if psd_tol is None or not is_concrete(kernels):
         return
+    if isinstance(kernels, jax.Array) and not kernels.is_fully_addressable:
+        # A global array spanning several processes (jax.distributed): every process
+        # gathers the whole stack (a collective, called by all alike) and checks it.
+        from jax.experimental import multihost_utils
+
+        kernels = multihost_utils.process_allgather(kernels, tiled=True)
     a = np.asarray(kernels, dtype=float)
     scale = max(float(np.max(np.abs(a))) if a.size else 0.0, np.finfo(float).tiny)
     asym = float(np.max(np.abs(a - np.swapaxes(a, -1, -2)))) if a.size else 0.0

@@ -127,13 +127,21 @@ class KernelFlowProblem(AbstractProblem):
         learning_rate: Float[ArrayLike, ""] = 1.0,
         *,
         implementation: Any = "auto",
+        block_size: int | None = None,
+        devices: Any = None,
     ) -> "KernelFlowProblem":
-        """The frozen empirical NTK of `model` at its current weights, and its outputs."""
+        """The frozen empirical NTK of `model` at its current weights, and its outputs.
+
+        `implementation`, `block_size` and `devices` are passed to [`ntkode.ntk`][]; with
+        `devices="global"` (several processes on `jax.distributed`) the kernels are global
+        arrays sharded by rows, and a solve of the problem runs on every process alike.
+        """
         from .._ntk import ntk
 
         check_model_data(model, data)
-        k_train = ntk(model, data.x_train, implementation=implementation)
-        k_test = ntk(model, data.x_test, data.x_train, implementation=implementation)
+        opts = dict(implementation=implementation, block_size=block_size, devices=devices)
+        k_train = ntk(model, data.x_train, **opts)
+        k_test = ntk(model, data.x_test, data.x_train, **opts)
         return cls(
             k_train,
             data,

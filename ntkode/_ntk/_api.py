@@ -3,12 +3,12 @@
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._base import AbstractNTKImplementation
 from ._dispatch import cached_call, compiled_call
+from ._engine import replicate, resolve_devices
 from ._jacobian import JacobianNTK
 from ._ntvp import NTVPNTK
 from ._reference import ntk_reference
@@ -68,24 +68,26 @@ def ntk(
     | AbstractNTKImplementation = "auto",
     trace: bool = False,
     block_size: int | None = None,
-    devices: Sequence[Any] | None = None,
+    devices: Sequence[Any] | Literal["local", "global"] | None = None,
 ) -> Float[Array, "n1 n2 k k"] | Float[Array, "n1 n2"]:
-    r"""Empirical neural tangent kernel $\Theta(x_1, x_2) = J(x_1) J(x_2)^\top$ of an equinox model.
+    r"""Empirical neural tangent kernel $\Theta(x_1, x_2) = J(x_1) J(x_2)^\top$ of a model.
 
     The kernel is taken with respect to every floating-point array in the model.
 
     **Arguments:**
 
-    - `model`: an equinox module mapping one input to its outputs (flattened to `k`).
+    - `model`: an equinox module mapping one input to its outputs (flattened to `k`), or a
+      function or flax model wrapped by [`ntkode.from_apply`][] / [`ntkode.from_flax`][].
     - `x1`, `x2`: batches of inputs `(n1, ...)`, `(n2, ...)`; `x2` defaults to `x1`.
     - `implementation`:
         - `"auto"` (default): the fastest applicable, which is `"structured"` (it falls
           back to `"jacobian"` by itself where it does not apply);
         - `"structured"`: per-layer Gram products $(s_w^2 A A^\top + s_b^2) \circ (B B^\top)$
-          for dense layers (`eqx.nn.Linear`, and every [`ntkode.AbstractDense`][] such as
-          the layers of [`ntkode.MLP`][]) and local Jacobians for `eqx.nn.Conv` layers,
-          Jacobian contraction for any other parameters; models it cannot tap fall back to
-          `"jacobian"`;
+          for dense layers (`eqx.nn.Linear`, every [`ntkode.AbstractDense`][] such as
+          the layers of [`ntkode.MLP`][], flax's `Dense` and `nnx.Linear`) and local
+          Jacobians for convolutions (`eqx.nn.Conv`, flax's `Conv`), Jacobian contraction
+          for any other parameters; models it cannot tap (functions given to
+          [`ntkode.from_apply`][]) fall back to `"jacobian"`;
         - `"jacobian"`: per-example Jacobians, contracted (any model);
         - `"ntvp"`: `jvp`s of per-example `vjp`s (any model; for few examples and very
           many parameters);
@@ -94,9 +96,11 @@ def ntk(
     - `trace`: if `True`, sum over the output diagonal and return `(n1, n2)`.
     - `block_size`: compute the kernel `block_size` rows at a time, so that peak memory is
       `O(block_size × parameters + n1·n2)` instead of `O(n × parameters)`.
-    - `devices`: spread row blocks over these devices with `jax.sharding` (e.g.
-      `jax.devices()`); `None` uses the default device. On several hosts, call
-      `jax.distributed.initialize()` first and pass the global `jax.devices()`.
+    - `devices`: spread row blocks over these devices with `jax.sharding`: a sequence of
+      devices, `"local"` (this process's, `jax.local_devices()`) or `"global"` (every
+      process's, after `jax.distributed.initialize()` in each; see `ntkode/_ntk/_engine.py`
+      and the README's multi-process recipe); `None` uses the default device. The kernel is
+      then a global `jax.Array` sharded by rows.
 
     **Returns:** the kernel, shape `(n1, n2, k, k)` (or `(n1, n2)` with `trace=True`).
 
@@ -112,13 +116,7 @@ def ntk(
     impl = _resolve(implementation, trace)
     check_block_size(block_size)
     x1, x2 = check_inputs(model, x1, x2)
-    if devices is not None:
-        devices = list(devices)
-        if not devices or not all(isinstance(d, jax.Device) for d in devices):
-            raise TypeError(
-                "`devices` must be a non-empty sequence of jax devices (e.g. jax.devices()), "
-                f"got {devices!r}."
-            )
+    devices = resolve_devices(devices)
     if impl == "reference":
         if block_size is not None or devices is not None:
             raise ValueError(
@@ -129,4 +127,6 @@ def ntk(
         return jnp.trace(k, axis1=2, axis2=3) if trace else k
     # One device: the default one (as without `devices`).
     devices = tuple(devices) if devices is not None and len(devices) > 1 else None
+    if devices is not None:  # several processes: inputs as replicated global arrays
+        model, x1, x2 = replicate((model, x1, x2), devices)
     return compiled_call(model, x1, x2, impl, trace, block_size, devices)

@@ -8,20 +8,28 @@ Peak memory is `O(b × P + n1·n2)`: one block of per-example features plus the 
 
 **Devices.** Row blocks are spread over devices with `jax.shard_map` on a one-axis
 `jax.sharding.Mesh`: each device gets a contiguous slice of `x1` rows (padded to a multiple of
-the device count), the parameters and `x2` are replicated, and the result is a global array
-sharded by rows. No `pmap`. The same code runs on several hosts: call
-`jax.distributed.initialize()` on every host first, then pass `devices=jax.devices()` (all
-global devices); inputs must be the same on every host (they are replicated), and the kernel
-comes back as a global `jax.Array` whose rows live on the hosts that computed them (gather it
-with `jax.experimental.multihost_utils.process_allgather` if every host needs all of it).
+the device count), the parameters and `x2` are replicated, and the result is a global
+`jax.Array`, sharded by rows when the device count divides the number of rows (else
+replicated: XLA gathers the rows to cut off the padding). No `pmap`.
+
+**Several processes.** The same code runs on several hosts (JAX's multi-controller model):
+call `jax.distributed.initialize()` at the start of every process, run the same script on
+each, and pass `devices="global"` (every process's devices, `jax.devices()`). Inputs and
+weights must be the same on every process; they are placed as replicated global arrays
+(`jax.make_array_from_process_local_data`), the collectives are JAX's own (gloo on CPU, NCCL
+on GPU), and the kernel comes back as a global array whose rows live on the processes that
+computed them. Computations on it (a frozen-kernel solve) run on all processes alike; gather
+it with `jax.experimental.multihost_utils.process_allgather` where one process needs all of
+it (Bradbury et al., JAX; the multi-process guide of its documentation).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._base import AbstractNTKImplementation
 
@@ -137,7 +145,7 @@ def sharded_kernel(impl, params, static, x1, x2, trace, block, devices):
     """The kernel with rows of `x1` spread over `devices` (inside `jit`)."""
     mesh = Mesh(np.asarray(devices), ("rows",))
     n1 = x1.shape[0]
-    x1p = _pad_rows(x1, len(devices))
+    x1p = _pad_rows(x1, mesh.size)
     xs2 = x1 if x2 is None else x2
 
     def local(p, xa, xb):
@@ -147,3 +155,52 @@ def sharded_kernel(impl, params, static, x1, x2, trace, block, devices):
         local, mesh=mesh, in_specs=(P(), P("rows"), P()), out_specs=P("rows"), check_vma=False
     )
     return fn(params, x1p, xs2)[:n1]
+
+
+def resolve_devices(devices: Any) -> list[Any] | None:
+    """`None`, `"local"`, `"global"` or a sequence of devices, as a list of devices (or None)."""
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        if devices == "local":
+            return list(jax.local_devices())
+        if devices == "global":
+            if not jax.distributed.is_initialized():
+                raise RuntimeError(
+                    "`devices='global'` spreads the kernel over the devices of every process, "
+                    "but jax.distributed is not initialised in this process. Call "
+                    "`jax.distributed.initialize(coordinator_address, num_processes, "
+                    "process_id)` at the start of every process, before any other JAX call "
+                    "(on SLURM or Kubernetes, with no arguments), and run the same script on "
+                    "each; or pass devices='local' for this process's own devices."
+                )
+            return list(jax.devices())
+        raise ValueError(
+            f"`devices` must be 'local', 'global', a sequence of jax devices or None, got "
+            f"{devices!r}."
+        )
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(
+            "`devices` must be a non-empty sequence of jax devices (e.g. jax.devices()), "
+            f"'local', 'global' or None, got {devices!r}."
+        )
+    return devices
+
+
+def replicate(tree: Any, devices: Sequence[Any]) -> Any:
+    """Every array of `tree` as a global array replicated over `devices` (the same on every
+    host): the inputs of the sharded kernel."""
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("rows",)), P())
+    several = jax.process_count() > 1
+
+    def put(a):
+        if not isinstance(a, jax.Array | np.ndarray):
+            return a
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return a  # already global (e.g. computed under this mesh)
+        if several:  # each process holds the whole array: its slices fill its own devices
+            return jax.make_array_from_process_local_data(sharding, np.asarray(a), a.shape)
+        return jax.device_put(a, sharding)
+
+    return jax.tree.map(put, tree)

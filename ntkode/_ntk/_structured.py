@@ -32,6 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._core._adapters import ModelAdapter
 from .._core._model import apply_one
 from ._base import AbstractNTKImplementation, contract_jacobians, weight_jacobians
 from ._jacobian import per_example_jacobian
@@ -51,6 +52,25 @@ class _Context:
         self.out_shapes = [[] for _ in weights]
 
 
+def call_tap(index: int, layer: Any, x: Any) -> Any:
+    """One call of tapped layer `index` (`layer`: holed) on `x`, inside an active tap context.
+
+    Computes the layer's output with the weights the context holds, records the input and
+    adds the call's zero perturbation. Every tap (equinox layers here, flax layers in
+    `ntkode/_ntk/_flax.py`) goes through this function.
+    """
+    ctx = _CONTEXTS[-1]
+    y = fill(layer, *ctx.weights[index])(x)
+    calls = ctx.inputs[index]
+    c = len(calls)
+    calls.append(x)
+    if ctx.deltas is None:
+        ctx.out_shapes[index].append(jax.ShapeDtypeStruct(y.shape, y.dtype))
+    else:
+        y = y + ctx.deltas[index][c]
+    return y
+
+
 class _Tap(eqx.Module):
     """Stands in for a layer: records its input, adds a zero perturbation to its output."""
 
@@ -58,16 +78,7 @@ class _Tap(eqx.Module):
     index: int = eqx.field(static=True)
 
     def __call__(self, x, *, key=None):
-        ctx = _CONTEXTS[-1]
-        y = fill(self.layer, *ctx.weights[self.index])(x)
-        calls = ctx.inputs[self.index]
-        c = len(calls)
-        calls.append(x)
-        if ctx.deltas is None:
-            ctx.out_shapes[self.index].append(jax.ShapeDtypeStruct(y.shape, y.dtype))
-        else:
-            y = y + ctx.deltas[self.index][c]
-        return y
+        return call_tap(self.index, self.layer, x)
 
 
 class _Plan(NamedTuple):
@@ -81,7 +92,16 @@ class _Plan(NamedTuple):
     scales: list  # per layer: (s_w, s_b) of the Gram route, or None for a Jacobian route
 
 
-def _tap(model):
+def _tap(model, example: jax.ShapeDtypeStruct):
+    """The model with its tappable layers replaced by taps; their weights; their layers.
+
+    Adapted models ([`ntkode.ModelAdapter`][]) find their own layers (flax `Dense`/`Linear`
+    and `Conv`), by tracing one example.
+    """
+    if isinstance(model, ModelAdapter):
+        from ._flax import tap_adapter
+
+        return tap_adapter(model, example)
     leaves, treedef = jax.tree_util.tree_flatten(model, is_leaf=is_tappable)
     weights, layers, new = [], [], []
     for leaf in leaves:
@@ -107,7 +127,7 @@ def _forward(plan_rest_static, weights, rest, deltas, x):
 
 def _make_plan(params, static, example: jax.ShapeDtypeStruct, trace: bool) -> _Plan | None:
     """Tap the model and trace it once; `None` if the structured path does not apply."""
-    tapped, weights, tapped_layers = _tap(eqx.combine(params, static))
+    tapped, weights, tapped_layers = _tap(eqx.combine(params, static), example)
     if not weights:
         return None
     rest, rest_static = eqx.partition(tapped, eqx.is_inexact_array)

@@ -15,6 +15,7 @@ from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._model import partition
 from ..._core._records import solution_arrays, solution_from_arrays
 from ..._core._solve import timed_solve
+from ..._plot import save
 from .._problems import sine_problem
 from .._run import StudyRecord, machine_line
 from ._scheduled_rows import add_scheduled_rows, node_times, plot_error_vs_grid, saveat_with_nodes
@@ -241,7 +242,8 @@ def compare_study(
         shown.rows = cmp.rows
         keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
         shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
-        shown.plot(os.path.join(out, "compare.png"))
+        fig, _ = shown.plot()
+        save(fig, os.path.join(out, "compare.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
         if any(k.startswith("tuned_") for k in cmp.rows):
