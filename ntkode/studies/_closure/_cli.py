@@ -52,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel-test", type=int, default=128, help="kernel test images")
     parser.add_argument("--curve-steps", type=int, default=400, help="steps per curve network")
     parser.add_argument("--path-epochs", type=int, default=10, help="SGD epochs (path run)")
-    parser.add_argument("--path-batch-size", type=int, default=16, help="SGD batch (path run)")
+    parser.add_argument("--path-batch-size", type=int, default=32, help="SGD batch (path run)")
     parser.add_argument("--path-lr", type=float, default=1.0, help="SGD rate (path run)")
     parser.add_argument("--path-test", type=int, default=32, help="path machine test images")
-    parser.add_argument("--block-size", type=int, default=64, help="NTK rows per block")
+    parser.add_argument("--memory-gb", type=float, default=4.0, help="memory for NTK features (GB)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
     parser.add_argument("--float64", action="store_true", help="run in float64")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         curve_steps=args.curve_steps, path_epochs=args.path_epochs,
         path_batch_size=args.path_batch_size, path_learning_rate=args.path_lr,
         path_test=args.path_test,
-        block_size=args.block_size, seed=args.seed, out=args.out,
+        memory_gb=args.memory_gb, seed=args.seed, out=args.out,
         progress=not args.no_progress, dtype=jnp.float64 if args.float64 else jnp.float32,
     )  # fmt: skip
     if args.quick:

@@ -25,7 +25,7 @@ from ._metrics import iou_summary
 from ._optimisers import AbstractOptimiser
 from ._path import sgd_path_kernel
 from ._train import predict_logits, train
-from ._unet import UNet
+from ._unet import UNet, build_unet
 
 
 def learning_curves(
@@ -43,7 +43,7 @@ def learning_curves(
     path_test: int,
     seed: int,
     folder: str | None,
-    block_size: int | None,
+    memory_gb: float,
     progress: bool,
 ) -> dict[str, Any]:
     """Network and kernel-machine IoU against the number of training images.
@@ -55,7 +55,7 @@ def learning_curves(
     `optimiser`; `path_options` (`learning_rate`, `epochs`, `batch_size` of the SGD runs);
     `path_test` (the path machine is scored on the first `path_test` test images: every
     SGD step costs a Jacobian of every query); `seed`; `folder` (checkpoints per size);
-    `block_size` (rows per NTK block); `progress`.
+    `memory_gb` (for the NTK's per-image features); `progress`.
 
     **Returns:** a dict with, per predictor, one row per `n` (`n`, the IoU summary, and
     for kernel machines the ridge, leave-one-out IoU, NTK and solve seconds), plus the test
@@ -66,7 +66,7 @@ def learning_curves(
     x_test, y_test = test
     truth = np.asarray(y_test, bool)
     m = x_pool.shape[-1]
-    init = UNet(**architecture, key=jax.random.key(seed))
+    init = build_unet(**architecture, key=jax.random.key(seed))
     init.check_size(m, "kernel images")
     rows: dict[str, list[dict[str, Any]]] = {
         k: [] for k in ("network", "ntk_init", "ntk_final", "path", "network_sgd")
@@ -93,13 +93,13 @@ def learning_curves(
     if kernel_n:
         big = max(kernel_n)
         say(f"NTK at initialisation: {big} + {x_test.shape[0]} images", flush=True)
-        k0, t0 = traced_ntk(init, jnp.concatenate([x_pool[:big], x_test]), x_pool[:big], block_size)
+        k0, t0 = traced_ntk(init, jnp.concatenate([x_pool[:big], x_test]), big, memory_gb)
         timings[f"ntk_init_n{big}_s"] = t0
         for n in sorted(kernel_n):
             k_init = (k0[:n, :n], k0[big:, :n])
             out = ntk_machines(
                 init, networks[n], x_pool[:n], np.asarray(y_pool[:n]), x_test,
-                block_size=block_size, init_kernel=k_init,
+                memory_gb=memory_gb, init_kernel=k_init,
             )  # fmt: skip
             out["ntk_init"]["ntk_seconds"] = t0 if n == big else 0.0
             for name in ("ntk_init", "ntk_final"):
@@ -118,7 +118,7 @@ def learning_curves(
         say(f"path kernel: SGD on {n} images, {n} + {x_path.shape[0]} queries", flush=True)
         t = time.perf_counter()
         runp = sgd_path_kernel(
-            init, x, y, queries, seed=seed, block_size=block_size, progress=progress,
+            init, x, y, queries, seed=seed, memory_gb=memory_gb, progress=progress,
             **path_options,
         )  # fmt: skip
         f0 = predict_logits(init, queries).reshape(queries.shape[0], -1)

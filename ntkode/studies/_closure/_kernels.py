@@ -29,12 +29,15 @@ machine is a kernel machine *of the network's tangent features*, not the lineari
 import time
 from typing import Any, NamedTuple
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..._core._model import partition
 from ..._core._regression import kernel_regression
-from ..._ntk import ntk
+from ..._ntk import StructuredNTK, ntk
 from ._train import predict_logits
 from ._unet import UNet
 
@@ -57,14 +60,47 @@ class Machine(NamedTuple):
 
 
 def traced_ntk(
-    model: UNet, x1: Float[Array, "n1 1 m m"], x2: Float[Array, "n2 1 m m"] | None = None,
-    block_size: int | None = 64,
-) -> tuple[Array, float]:  # fmt: skip
-    """The network's NTK traced over pixels, `(n1, n2)`, and the seconds it took."""
+    model: UNet, x: Float[Array, "q 1 m m"], cols: int | np.ndarray, memory_gb: float = 4.0
+) -> tuple[Array, float]:
+    """The network's NTK traced over pixels between the images `x` and some of them.
+
+    `cols` is a number `c` (the first `c` images) or an index array. Returns the kernel
+    `(q, c)` and the seconds it took. The structured engine's
+    per-image features (a `m² × P` Jacobian for the convolutions) are computed once per
+    image, 32 images at a time, and kept while they fit in `memory_gb`, so that no
+    Jacobian is computed twice; beyond that [`ntkode.ntk`][]'s blocking recomputes the
+    columns' features per block of rows.
+    """
     t = time.perf_counter()
-    k = ntk(model, x1, x2, trace=True, block_size=block_size)
+    q, m = int(x.shape[0]), int(x.shape[-1])
+    cols = np.arange(cols) if np.ndim(cols) == 0 else np.asarray(cols)
+    params, static = partition(model)
+    size = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+    per_image = m * m * size * jnp.dtype(x.dtype).itemsize
+    if q * per_image <= memory_gb * 1e9:
+        impl = StructuredNTK(trace_hint=True)
+        chunks = [x[i : i + _CHUNK] for i in range(0, q, _CHUNK)]
+        feats = [_features(impl, params, static, c) for c in chunks]
+        picked = jax.tree.map(lambda *a: jnp.concatenate(a)[cols], *feats)
+        k = jnp.concatenate([_contract(impl, params, static, f, picked) for f in feats])
+    else:
+        block = max(8, int(memory_gb * 1e9 / (2 * per_image)))
+        k = ntk(model, x, x[cols], trace=True, block_size=block)
     k = k.block_until_ready()
     return k, time.perf_counter() - t
+
+
+_CHUNK = 32
+
+
+@eqx.filter_jit
+def _features(impl, params, static, x):
+    return impl.features(params, static, x)
+
+
+@eqx.filter_jit
+def _contract(impl, params, static, f1, f2):
+    return impl.contract(params, static, f1, f2, True)
 
 
 def _pooled(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -72,23 +108,31 @@ def _pooled(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
 
 
-def loo_ridge(kernel: np.ndarray, residual: np.ndarray, truth: np.ndarray, ridges=RIDGES):
-    """The relative ridge with the best leave-one-out pooled IoU, and that IoU.
+def loo_residuals(kernel: np.ndarray, residual: np.ndarray, ridge: float) -> np.ndarray:
+    """Leave-one-out residuals $\alpha_i / G_{ii}$ of kernel ridge regression, `(n, k)`.
 
-    `kernel` `(n, n)`, `residual` $Y_\\pm - f_0$ `(n, k)`, `truth` boolean `(n, k)`.
+    `kernel` `(n, n)` (any square matrix), `residual` $Y - f_0$ `(n, k)`, `ridge` absolute.
+    Row `i` is $Y_i$ minus the prediction at $x_i$ of the machine fitted without image `i`.
     """
     k = np.asarray(kernel, np.float64)
-    r = np.asarray(residual, np.float64)
+    g = np.linalg.inv(k + ridge * np.eye(k.shape[0]))
+    return (g @ np.asarray(residual, np.float64)) / np.diag(g)[:, None]
+
+
+def loo_ridge(kernel: np.ndarray, residual: np.ndarray, truth: np.ndarray, ridges=RIDGES):
+    r"""The relative ridge with the best leave-one-out pooled IoU, and that IoU.
+
+    `kernel` `(n, n)`, `residual` $Y_\pm - f_0$ `(n, k)`, `truth` boolean `(n, k)`; ridges
+    relative to the mean diagonal of `kernel`.
+    """
     y = np.where(truth, 1.0, -1.0)
-    scale = float(np.mean(np.diag(k)))
+    scale = float(np.mean(np.diag(np.asarray(kernel, np.float64))))
     best = (-1.0, ridges[0])
     for rho in ridges:
         try:
-            g = np.linalg.inv(k + rho * scale * np.eye(k.shape[0]))
+            loo = y - loo_residuals(kernel, residual, rho * scale)
         except np.linalg.LinAlgError:
             continue
-        alpha = g @ r
-        loo = y - alpha / np.diag(g)[:, None]
         score = _pooled(loo > 0, truth)
         if score > best[0]:
             best = (score, rho)
@@ -119,7 +163,7 @@ def kernel_machine(
 
 def ntk_machines(
     init: UNet, trained: UNet, x_train: Array, y_train: np.ndarray, x_test: Array,
-    *, block_size: int | None = 64, init_kernel: tuple[Array, Array] | None = None,
+    *, memory_gb: float = 4.0, init_kernel: tuple[Array, Array] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The NTK machines at initialisation and after training, with their timings.
 
@@ -135,8 +179,7 @@ def ntk_machines(
         if name == "ntk_init" and init_kernel is not None:
             kxx, ksx, seconds = init_kernel[0], init_kernel[1], 0.0
         else:
-            both = jnp.concatenate([x_train, x_test])
-            k, seconds = traced_ntk(model, both, x_train, block_size)
+            k, seconds = traced_ntk(model, jnp.concatenate([x_train, x_test]), n, memory_gb)
             kxx, ksx = k[:n], k[n:]
         machine = kernel_machine(kxx, ksx, truth, f0_train, f0_test)
         out[name] = {"machine": machine, "ntk_seconds": seconds}

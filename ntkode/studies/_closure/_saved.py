@@ -121,12 +121,14 @@ def load_closure_network(folder: str | os.PathLike) -> ClosureNetwork:
             f"hyperparameters {list(_KEYS)}, found {hyper if hyper is None else sorted(hyper)}."
         )
     try:
-        like = UNet(
-            hyper["scales"], hyper["channels"], hyper["growth"], hyper["norm"],
-            key=jax.random.key(0), dtype=jnp.dtype(hyper["dtype"]),
+        like = eqx.filter_eval_shape(
+            lambda: UNet(
+                hyper["scales"], hyper["channels"], hyper["growth"], hyper["norm"],
+                key=jax.random.key(0), dtype=jnp.dtype(hyper["dtype"]),
+            )
         )  # fmt: skip
         model = eqx.tree_deserialise_leaves(weights, like)
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError, RuntimeError, EOFError, OSError) as err:
         raise ValueError(
             f"the weights in {_WEIGHTS} do not match the hyperparameters in {_META} "
             f"(in `folder` {folder!r}): {err}"

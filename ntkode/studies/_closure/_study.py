@@ -45,7 +45,7 @@ from ._optimisers import optimiser_from
 from ._saved import save_closure_network
 from ._summary import answer, table
 from ._train import predict_logits, train
-from ._unet import UNet
+from ._unet import build_unet
 
 TEST_SETS = ("same", "two_shapes", "three_shapes", "double_size")
 BASELINES = {
@@ -81,10 +81,10 @@ def closure_study(
     kernel_test: int = 128,
     curve_steps: int = 400,
     path_epochs: int = 10,
-    path_batch_size: int = 16,
+    path_batch_size: int = 32,
     path_learning_rate: float = 1.0,
     path_test: int = 32,
-    block_size: int | None = 64,
+    memory_gb: float = 4.0,
     seed: int = 0,
     out: str | None = "closure-results",
     progress: bool = True,
@@ -107,7 +107,8 @@ def closure_study(
     - `path_epochs`, `path_batch_size`, `path_learning_rate`: the SGD run of the path
       kernel; `path_test`: held-out images of its kernel machine (the first of the
       learning curves' `kernel_test`; each SGD step costs a Jacobian of every one).
-    - `block_size`: rows per block of the NTK computations.
+    - `memory_gb`: memory for the NTK's per-image features (kept, so that no Jacobian is
+      computed twice, while they fit).
     - `seed`: data, initialisation and minibatches; the study is deterministic in it.
     - `out`: output folder (`None`: nothing written, no checkpoints).
     - `progress`: print progress (a bar on a terminal).
@@ -117,6 +118,19 @@ def closure_study(
     `{"iou_pooled", "iou_median", "iou_p10"}`; `families` (per family, on the `same` set);
     `learning_curves`; `timings`; `summary` (the answer, in words); `settings`.
     """
+    _check(
+        size=size, n_train=n_train, n_test=n_test, epochs=epochs, batch_size=batch_size,
+        kernel_size=kernel_size, kernel_test=kernel_test, curve_steps=curve_steps,
+        path_epochs=path_epochs, path_batch_size=path_batch_size, path_test=path_test,
+    )  # fmt: skip
+    for name, sizes in (("curve_n", curve_n), ("kernel_n", kernel_n), ("path_n", path_n)):
+        if any(int(n) < 1 for n in sizes):
+            raise ValueError(f"`{name}` must hold positive numbers of images, got {sizes}.")
+    if not set(kernel_n) <= set(curve_n):
+        raise ValueError(
+            f"every `kernel_n` {tuple(kernel_n)} must also be in `curve_n` {tuple(curve_n)}: "
+            "the machine after training needs the network trained on those images."
+        )
     say = print if progress else (lambda *a, **k: None)
     t_start = time.perf_counter()
     settings = dict(
@@ -125,12 +139,12 @@ def closure_study(
         growth=growth, norm=norm, kind=kind, kernel_size=kernel_size, curve_n=list(curve_n),
         kernel_n=list(kernel_n), path_n=list(path_n), kernel_test=kernel_test,
         curve_steps=curve_steps, path_epochs=path_epochs, path_batch_size=path_batch_size,
-        path_learning_rate=path_learning_rate, path_test=path_test, block_size=block_size,
+        path_learning_rate=path_learning_rate, path_test=path_test, memory_gb=memory_gb,
         seed=seed,
         dtype=jnp.dtype(dtype).name,
     )  # fmt: skip
     arch = dict(scales=scales, channels=channels, growth=growth, norm=norm, dtype=dtype)
-    model = UNet(**arch, key=jax.random.key(seed))
+    model = build_unet(**arch, key=jax.random.key(seed))
     model.check_size(int(size), "size")
     model.check_size(int(kernel_size), "kernel_size")
     opt = optimiser_from(optimiser, learning_rate)
@@ -220,7 +234,7 @@ def closure_study(
         path_options=dict(learning_rate=path_learning_rate, epochs=path_epochs,
                           batch_size=path_batch_size),
         path_test=path_test, seed=seed, folder=None if out is None else os.path.join(out, "curves"),
-        block_size=block_size, progress=progress,
+        memory_gb=memory_gb, progress=progress,
     )  # fmt: skip
     kernel_preds = curves.pop("predictions")
     timings.update({f"curves_{k}": v for k, v in curves.pop("timings").items()})
@@ -248,6 +262,12 @@ def closure_study(
 
 
 _IOU = ("iou_pooled", "iou_median", "iou_p10")
+
+
+def _check(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"`{name}` must be at least 1, got {value}.")
 
 
 def _save(out: str | None, results: dict) -> None:

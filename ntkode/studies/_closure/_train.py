@@ -72,7 +72,10 @@ def bce(logits: Array, labels: Array) -> Array:
 
 
 @eqx.filter_jit
-def _step(optimiser, transform, params, opt_state, static, x, y, index, key, augment):
+def _step(optimiser, total, params, opt_state, static, x, y, index, key, augment):
+    # Built inside: the transformation's closures are new objects on every `build`, and as
+    # static arguments they would defeat the compilation cache.
+    transform = optimiser.build(total)
     xb, yb = x[index], y[index]
     if augment:
         xb, yb = jax.vmap(_symmetry)(xb, yb, jax.random.split(key, index.shape[0]))
@@ -191,10 +194,9 @@ def train(
     batch = min(batch_size, n)
     per_epoch = n // batch
     total = epochs * per_epoch
-    transform = optimiser.build(total)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params = optimiser.wrap(params)
-    opt_state = transform.init(params)
+    opt_state = optimiser.build(total).init(params)
     run = {
         "model": model.hyperparameters(),
         **optimiser.settings(),
@@ -229,9 +231,8 @@ def train(
                 index = jnp.asarray(order[i * batch : (i + 1) * batch])
                 step_key = jax.random.fold_in(key, epoch * per_epoch + i)
                 new = _step(
-                    optimiser, transform, params, opt_state, static, x, y, index, step_key,
-                    augment,
-                )  # fmt: skip
+                    optimiser, total, params, opt_state, static, x, y, index, step_key, augment
+                )
                 value, counts = float(new[2]), np.asarray(new[3])
                 if not np.isfinite(value):
                     raise FloatingPointError(

@@ -158,6 +158,20 @@ class UNet(eqx.Module):
         return self.head(x)[0]
 
 
+@eqx.filter_jit
+def _build(key: Array, arch: tuple) -> UNet:
+    return UNet(**dict(arch), key=key)
+
+
+def build_unet(*, key: Array, **arch: Any) -> UNet:
+    """`UNet(**arch, key=key)`, built under `jit`: one compilation for all the initialisers
+    (eager initialisation compiles each layer's random draw separately, which takes
+    seconds)."""
+    if "dtype" in arch:
+        arch["dtype"] = jnp.dtype(arch["dtype"] or jnp.result_type(float))
+    return _build(key, tuple(sorted(arch.items())))
+
+
 def _pool(x: Array) -> Array:
     """2×2 max pooling with stride 2 on `(c, m, m)`, `m` even."""
     c, m, _ = x.shape
