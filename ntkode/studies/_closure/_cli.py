@@ -84,5 +84,9 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.quick:
         kwargs.update(QUICK)
-    closure_study(**kwargs)
+    try:
+        closure_study(**kwargs)
+    except KeyboardInterrupt:
+        print(f"ntkode closure: interrupted; rerun the same command to resume ({args.out}).")
+        return 130
     return 0

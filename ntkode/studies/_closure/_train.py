@@ -318,7 +318,10 @@ def _load_checkpoint(folder, run, like, say):
     if int(counter) != epoch * 1_000_000 + step:
         say(f"checkpoint in {folder} is incomplete; starting afresh.", flush=True)
         return None
-    where = f"epoch {epoch + 1}, step {step + 1}" if step else f"the start of epoch {epoch + 1}"
-    say(f"resuming from {where} (checkpoint in {folder}).", flush=True)
+    if epoch >= run["epochs"]:
+        say(f"already trained ({epoch} epochs): loading the checkpoint in {folder}.", flush=True)
+    else:
+        where = f"epoch {epoch + 1}, step {step + 1}" if step else f"the start of epoch {epoch + 1}"
+        say(f"resuming from {where} (checkpoint in {folder}).", flush=True)
     sums = np.asarray(record.get("partial", [0.0, 0.0, 0.0]), float)
     return state, epoch, step, record["history"], sums
