@@ -115,10 +115,13 @@ from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
 
 # Study-level names (`ntkode.studies`), imported when first asked for.
 _STUDY_NAMES = (
-    "ClosureCNN",
+    "ClosureNetwork",
+    "UNet",
     "closure_study",
     "compare_study",
     "iou",
+    "iou_per_image",
+    "load_closure_network",
     "mkl_compare",
     "mkl_study",
     "sine_problem",

@@ -110,9 +110,9 @@ def test_example_runs(script, tmp_path):
 
 def test_study_argument_errors_are_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ntkode", "closure", "--steps", "-1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "ntkode", "closure", "--epochs", "-1", "--out", str(tmp_path)],
         capture_output=True, text=True, env=_env(), timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "ntkode closure: error: `steps` must be at least 1" in proc.stderr
+    assert "ntkode closure: error: `epochs` must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -5,7 +5,15 @@ Plotting (matplotlib), scikit-learn's data sets and progress bars are used here 
 them with `pip install "ntkode[studies]"`.
 """
 
-from ._closure._study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
+from ._closure._metrics import iou as iou, iou_per_image as iou_per_image
+from ._closure._optimisers import Adam as Adam, Ranger as Ranger
+from ._closure._saved import (
+    ClosureNetwork as ClosureNetwork,
+    load_closure_network as load_closure_network,
+    save_closure_network as save_closure_network,
+)
+from ._closure._study import closure_study as closure_study
+from ._closure._unet import UNet as UNet
 from ._compare._study import compare_study as compare_study
 from ._floor._study import floor_study as floor_study
 from ._mkl._study import mkl_compare as mkl_compare, mkl_study as mkl_study

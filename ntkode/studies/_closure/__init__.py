@@ -1,1 +1,1 @@
-"""`ntkode closure`: the Jordan-curve closure study."""
+"""`ntkode closure`: can a U-Net learn planar topology, and is it its own kernel machine?"""

@@ -1,29 +1,63 @@
-"""`ntkode closure`: a small CNN vs its three kernel machines on the Jordan-curve task."""
+"""`ntkode closure`: can a U-Net learn planar topology, and is it its own kernel machine?"""
 
 import argparse
 
 NAME = "closure"
 HELP = (
-    "Train a small CNN on 16×16 Jordan-curve images by gradient descent; compare its "
-    "per-pixel IoU with kernel regression by the NTK at init, at the end, and the path kernel."
+    "Train a U-Net on Jordan-curve images (four families, incl. non-star-shaped) and score it "
+    "on one, two and three shapes and at twice the size against the parity algorithm; then "
+    "learning curves of the network and of kernel regression with its NTK at init, after "
+    "training, and its SGD path kernel."
 )
 
-_QUICK = dict(n_train=4, n_test=4, steps=10)
+# Under a minute on two cores: a small network on few images, every stage exercised.
+QUICK = dict(
+    n_train=128, n_test=16, epochs=1, size=32, kernel_size=16, curve_n=(16, 32),
+    kernel_n=(16,), path_n=(8,), kernel_test=8, curve_steps=10, path_epochs=1,
+    path_batch_size=8, path_test=8, channels=4, scales=3,
+)  # fmt: skip
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="closure-results", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 1 minute)")
-    parser.add_argument("--n-train", type=int, default=16, help="training images")
-    parser.add_argument("--n-test", type=int, default=16, help="held-out images")
-    parser.add_argument("--size", type=int, default=16, help="image side in pixels")
-    parser.add_argument("--steps", type=int, default=150, help="gradient-descent steps")
-    parser.add_argument("--lr", type=float, default=0.003, help="learning rate")
-    parser.add_argument("--width", type=int, default=4, help="CNN channels")
-    parser.add_argument("--nodes", type=int, default=1, help="quadrature nodes per step")
-    parser.add_argument("--stride", type=int, default=1, help="integrate one step in STRIDE")
-    parser.add_argument("--ridge", type=float, default=1e-6, help="relative ridge")
+    parser.add_argument("--quick", action="store_true", help="a tiny run of every stage (< 1 min)")
+    parser.add_argument("--size", type=int, default=32, help="training image side (pixels)")
+    parser.add_argument("--n-train", type=int, default=4096, help="training images")
+    parser.add_argument("--n-test", type=int, default=256, help="images per test set")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--optimiser", choices=("adam", "ranger"), default="adam")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--scales", type=int, default=4, help="U-Net resolutions")
+    parser.add_argument("--channels", type=int, default=8, help="U-Net channels (finest)")
+    parser.add_argument("--growth", type=float, default=1.0, help="channel factor per scale")
+    parser.add_argument("--norm", choices=("none", "group"), default="none")
+    parser.add_argument("--kind", default="mixed", help="curve families (mixed, star, ...)")
+    parser.add_argument("--kernel-size", type=int, default=16, help="image side of kernel part")
+    parser.add_argument(
+        "--curve-n", type=_sizes, default=(64, 256, 1024, 4096), help="network curve sizes"
+    )
+    parser.add_argument("--kernel-n", type=_sizes, default=(64, 256), help="NTK machine sizes")
+    parser.add_argument("--path-n", type=_sizes, default=(64,), help="path kernel sizes")
+    parser.add_argument("--kernel-test", type=int, default=128, help="kernel test images")
+    parser.add_argument("--curve-steps", type=int, default=400, help="steps per curve network")
+    parser.add_argument("--path-epochs", type=int, default=10, help="SGD epochs (path run)")
+    parser.add_argument("--path-batch-size", type=int, default=32, help="SGD batch (path run)")
+    parser.add_argument("--path-lr", type=float, default=1.0, help="SGD rate (path run)")
+    parser.add_argument("--path-test", type=int, default=32, help="path machine test images")
+    parser.add_argument("--memory-gb", type=float, default=4.0, help="memory for NTK features (GB)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
     parser.add_argument("--float64", action="store_true", help="run in float64")
 
 
@@ -37,20 +71,22 @@ def run(args: argparse.Namespace) -> int:
     from ._study import closure_study
 
     kwargs = dict(
-        n_train=args.n_train,
-        n_test=args.n_test,
-        size=args.size,
-        steps=args.steps,
-        learning_rate=args.lr,
-        width=args.width,
-        nodes=args.nodes,
-        stride=args.stride,
-        ridge=args.ridge,
-        seed=args.seed,
-        out=args.out,
-        dtype=jnp.float64 if args.float64 else jnp.float32,
-    )
+        size=args.size, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
+        batch_size=args.batch_size, optimiser=args.optimiser, learning_rate=args.lr,
+        scales=args.scales, channels=args.channels, growth=args.growth, norm=args.norm,
+        kind=args.kind, kernel_size=args.kernel_size, curve_n=args.curve_n,
+        kernel_n=args.kernel_n, path_n=args.path_n, kernel_test=args.kernel_test,
+        curve_steps=args.curve_steps, path_epochs=args.path_epochs,
+        path_batch_size=args.path_batch_size, path_learning_rate=args.path_lr,
+        path_test=args.path_test,
+        memory_gb=args.memory_gb, seed=args.seed, out=args.out,
+        progress=not args.no_progress, dtype=jnp.float64 if args.float64 else jnp.float32,
+    )  # fmt: skip
     if args.quick:
-        kwargs.update(_QUICK)
-    closure_study(**kwargs)
+        kwargs.update(QUICK)
+    try:
+        closure_study(**kwargs)
+    except KeyboardInterrupt:
+        print(f"ntkode closure: interrupted; rerun the same command to resume ({args.out}).")
+        return 130
     return 0

@@ -1,213 +1,275 @@
-r"""The closure study: does a small CNN trained on Jordan curves act like its kernel machines?
+r"""The closure study: can a U-Net learn planar topology, and is it its own kernel machine?
 
-A small dilated CNN is trained by full-batch gradient descent on 16×16 closure images
-(ntkode.datasets.closure); along the run the exact per-step path kernel is accumulated
-([`ntkode.PathGradientDescent`][]), and three kernel machines (NTK at initialisation, NTK at the
-end, path kernel; [`ntkode.compare_kernels`][]) predict the insides of held-out curves.
-Per-pixel IoU of the four predictors, the Domingos reconstruction residual, a table, a
-figure of example predictions and `results.json` come out.
+Courtois, Arias and Morel ("Can a neural network learn planar topology?", 2021) train a
+U-Net to fill the inside of rasterised Jordan curves, find good masks on one shape and on
+two or three shapes, and then argue through Domingos' theorem ("Every model learned by
+gradient descent is approximately a kernel machine", 2020) that the network is a kernel
+machine that has not learnt the two-line parity algorithm. This study repeats the
+experiment at a size two CPU cores can run, and asks the second question with numbers:
 
-With 256 outputs per image the kernels are traced over outputs (one image-to-image kernel
-shared by every pixel, as neural-tangents' `trace_axes` does): a kernel machine then
-predicts each held-out map as the network at initialisation plus a combination of the
-training label maps.
+1. A U-Net (`ntkode/studies/_closure/_unet.py`) is trained by minibatch Adam (or Ranger)
+   on single-shape `size × size` images of all four curve families, with the square's
+   symmetries as augmentation, checkpointed every epoch (an interrupted run resumes), and
+   saved (`network/`, loadable with [`load_closure_network`][]).
+2. It is scored (pooled IoU, per-image median and 10th percentile) on held-out images of
+   (a) the training distribution, (b) two and (c) three shapes per image, (d) images twice
+   the size, and on each family, beside the exact parity algorithm, "fill the convex hull"
+   and "all inside".
+3. Learning curves at `kernel_size` (`ntkode/studies/_closure/_curves.py`): the network
+   and its kernel machines (NTK at initialisation, NTK after training, path kernel of a
+   minibatch SGD run) against the number of training images.
+
+Outputs in `out`: `results.json`, `examples.png`, `kernel_examples.png`,
+`learning_curves.png`, `training.png`, `network/`, and checkpoints.
 """
 
 import os
 import time
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
 
-from ..._core._gradient_flow import GradientFlowProblem
-from ..._core._losses import mse
-from ..._core._model import num_params
 from ..._core._records import write_json
-from ..._path._machines import compare_kernels
-from ..._path._methods import PathGradientDescent
-from ..._plot import pyplot
-from ...datasets._closure import closure
+from ...datasets._closure import FAMILIES, closure_images
+from ._curves import learning_curves
+from ._figures import example_figure, kernel_example_figure, learning_curve_figure, training_figure
+from ._metrics import (
+    all_inside_predict,
+    convex_hull_predict,
+    iou_summary,
+    parity_predict,
+)
+from ._optimisers import optimiser_from
+from ._saved import save_closure_network
+from ._summary import answer, table
+from ._train import predict_logits, train
+from ._unet import build_unet
+
+TEST_SETS = ("same", "two_shapes", "three_shapes", "double_size")
+BASELINES = {
+    "parity": parity_predict,
+    "convex_hull": convex_hull_predict,
+    "all_inside": all_inside_predict,
+}
 
 
-class ClosureCNN(eqx.Module):
-    """A small fully convolutional network: 3×3 convolutions with growing dilation, tanh.
+def _images(n, size, shapes, kind, seed, dtype):
+    d = closure_images(n, size, shapes=shapes, kind=kind, seed=seed)
+    return d, jnp.asarray(d.curves[:, None], dtype)
 
-    With dilations `(1, 2, 4, 8)` the receptive field is 31 pixels, the whole of a 16×16
-    image, so the network could in principle see a whole curve. Input `(1, m, m)`, output
-    the `m·m` per-pixel scores (row-major).
+
+def closure_study(
+    *,
+    size: int = 32,
+    n_train: int = 4096,
+    n_test: int = 256,
+    epochs: int = 8,
+    batch_size: int = 32,
+    optimiser: str = "adam",
+    learning_rate: float = 3e-3,
+    scales: int = 4,
+    channels: int = 8,
+    growth: float = 1.0,
+    norm: str = "none",
+    kind: str = "mixed",
+    kernel_size: int = 16,
+    curve_n: tuple[int, ...] = (64, 256, 1024, 4096),
+    kernel_n: tuple[int, ...] = (64, 256),
+    path_n: tuple[int, ...] = (64,),
+    kernel_test: int = 128,
+    curve_steps: int = 400,
+    path_epochs: int = 10,
+    path_batch_size: int = 32,
+    path_learning_rate: float = 1.0,
+    path_test: int = 32,
+    memory_gb: float = 4.0,
+    seed: int = 0,
+    out: str | None = "closure-results",
+    progress: bool = True,
+    dtype: Any = jnp.float32,
+) -> dict[str, Any]:
+    """Run the closure study; return its results (also written to `out/results.json`).
+
+    **Arguments:**
+
+    - `size`, `n_train`, `n_test`: the main network's image side, training images, and
+      images per test set.
+    - `epochs`, `batch_size`, `optimiser` (`"adam"` or `"ranger"`), `learning_rate`: its
+      training (warm-up, then cosine decay).
+    - `scales`, `channels`, `growth`, `norm`: the [`UNet`][].
+    - `kind`: curve families (see [`ntkode.datasets.closure`][]; default all four).
+    - `kernel_size`: image side of the learning curves and kernel machines.
+    - `curve_n`, `kernel_n`, `path_n`: training-set sizes for the networks, the NTK
+      machines and the path kernel; `kernel_test`: their held-out images.
+    - `curve_steps`: optimiser steps of each learning-curve network.
+    - `path_epochs`, `path_batch_size`, `path_learning_rate`: the SGD run of the path
+      kernel; `path_test`: held-out images of its kernel machine (the first of the
+      learning curves' `kernel_test`; each SGD step costs a Jacobian of every one).
+    - `memory_gb`: memory for the NTK's per-image features (kept, so that no Jacobian is
+      computed twice, while they fit).
+    - `seed`: data, initialisation and minibatches; the study is deterministic in it.
+    - `out`: output folder (`None`: nothing written, no checkpoints).
+    - `progress`: print progress (a bar on a terminal).
+    - `dtype`: floating dtype of data and weights (float32 by default).
+
+    **Returns:** the dict written to `results.json`: per predictor, per test set,
+    `{"iou_pooled", "iou_median", "iou_p10"}`; `families` (per family, on the `same` set);
+    `learning_curves`; `timings`; `summary` (the answer, in words); `settings`.
     """
-
-    convs: list[eqx.nn.Conv2d]
-
-    def __init__(self, width: int = 4, dilations=(1, 2, 4, 8), *, key: Array, dtype=None):
-        keys = jax.random.split(key, len(dilations) + 1)
-        dtype = jnp.result_type(float) if dtype is None else dtype
-        convs, cin = [], 1
-        for d, k in zip(dilations, keys, strict=False):
-            convs.append(eqx.nn.Conv2d(cin, width, 3, padding=d, dilation=d, key=k, dtype=dtype))
-            cin = width
-        convs.append(eqx.nn.Conv2d(cin, 1, 1, key=keys[-1], dtype=dtype))
-        self.convs = convs
-
-    def __call__(self, x):
-        for conv in self.convs[:-1]:
-            x = jnp.tanh(conv(x))
-        return self.convs[-1](x).reshape(-1)
-
-
-def iou(scores: Array, labels: Array, threshold: float = 0.5) -> float:
-    """Per-pixel intersection over union of `scores > threshold` with binary `labels`.
-
-    Pooled over all pixels of all images: $|P \\cap Y| / |P \\cup Y|$ (1 when both are empty).
-    """
-    labels_np = np.asarray(labels)
-    if not np.all((labels_np == 0) | (labels_np == 1)):
-        bad = np.unique(labels_np[(labels_np != 0) & (labels_np != 1)])[:5]
+    _check(
+        size=size, n_train=n_train, n_test=n_test, epochs=epochs, batch_size=batch_size,
+        kernel_size=kernel_size, kernel_test=kernel_test, curve_steps=curve_steps,
+        path_epochs=path_epochs, path_batch_size=path_batch_size, path_test=path_test,
+    )  # fmt: skip
+    for name, sizes in (("curve_n", curve_n), ("kernel_n", kernel_n), ("path_n", path_n)):
+        if any(int(n) < 1 for n in sizes):
+            raise ValueError(f"`{name}` must hold positive numbers of images, got {sizes}.")
+    if not set(kernel_n) <= set(curve_n):
         raise ValueError(
-            f"`labels` must be binary (0 or 1 per pixel); found values such as {bad.tolist()}. "
-            "Pass inside/outside masks, e.g. ntkode.datasets.closure(...).y_test."
+            f"every `kernel_n` {tuple(kernel_n)} must also be in `curve_n` {tuple(curve_n)}: "
+            "the machine after training needs the network trained on those images."
         )
-    scores_np = np.asarray(scores)
-    if scores_np.shape != labels_np.shape:
-        raise ValueError(f"`scores` {scores_np.shape} and `labels` {labels_np.shape} must match.")
-    pred = scores_np > threshold
-    truth = labels_np.astype(bool)
-    union = np.count_nonzero(pred | truth)
-    return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
+    say = print if progress else (lambda *a, **k: None)
+    t_start = time.perf_counter()
+    settings = dict(
+        size=size, n_train=n_train, n_test=n_test, epochs=epochs, batch_size=batch_size,
+        optimiser=optimiser, learning_rate=learning_rate, scales=scales, channels=channels,
+        growth=growth, norm=norm, kind=kind, kernel_size=kernel_size, curve_n=list(curve_n),
+        kernel_n=list(kernel_n), path_n=list(path_n), kernel_test=kernel_test,
+        curve_steps=curve_steps, path_epochs=path_epochs, path_batch_size=path_batch_size,
+        path_learning_rate=path_learning_rate, path_test=path_test, memory_gb=memory_gb,
+        seed=seed,
+        dtype=jnp.dtype(dtype).name,
+    )  # fmt: skip
+    arch = dict(scales=scales, channels=channels, growth=growth, norm=norm, dtype=dtype)
+    model = build_unet(**arch, key=jax.random.key(seed))
+    model.check_size(int(size), "size")
+    model.check_size(int(kernel_size), "kernel_size")
+    opt = optimiser_from(optimiser, learning_rate)
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {"study": "closure", "settings": settings, "timings": timings}
+
+    # Data: one seed per set, so that changing one size leaves the others as they were.
+    t = time.perf_counter()
+    seeds = np.random.SeedSequence(seed).spawn(8)
+    train_d, x_train = _images(n_train, size, 1, kind, seeds[0], dtype)
+    val_d, x_val = _images(min(128, n_test), size, 1, kind, seeds[1], dtype)
+    sets = {
+        "same": _images(n_test, size, 1, kind, seeds[2], dtype),
+        "two_shapes": _images(n_test, size, 2, kind, seeds[3], dtype),
+        "three_shapes": _images(n_test, size, 3, kind, seeds[4], dtype),
+        "double_size": _images(n_test, 2 * size, 1, kind, seeds[5], dtype),
+    }
+    n_images = n_train + len(val_d.curves) + 4 * n_test
+    timings["data_s"] = time.perf_counter() - t
+    timings["data_images_per_s"] = n_images / timings["data_s"]
+    say(
+        f"closure: {n_images} images ({n_train} for training, {size}×{size}, families "
+        f"{kind}) in {timings['data_s']:.1f} s ({timings['data_images_per_s']:.0f} images/s)",
+        flush=True,
+    )
+
+    # Baselines, from the curve pixels alone.
+    hull = {}
+    for name, fn in BASELINES.items():
+        results[name] = {}
+        for set_name, (d, _) in sets.items():
+            t = time.perf_counter()
+            pred = fn(d.curves)
+            timings[f"{name}_{set_name}_s"] = time.perf_counter() - t
+            results[name][set_name] = iou_summary(pred, d.inside)
+            if name == "convex_hull":
+                hull[set_name] = pred
+
+    # The network.
+    say(
+        f"U-Net: {scales} scales, channels {model.widths}, norm {norm}, "
+        f"{sum(v.size for v in jax.tree.leaves(model) if isinstance(v, jax.Array))} weights; "
+        f"{opt.settings()['optimiser']} (lr {learning_rate}), {epochs} epochs of {n_train} "
+        f"images, batch {batch_size}",
+        flush=True,
+    )
+    trained = train(
+        model, x_train, jnp.asarray(train_d.inside, dtype), optimiser=opt, epochs=epochs,
+        batch_size=batch_size, augment=True, seed=seed, validation=(x_val, val_d.inside),
+        folder=None if out is None else os.path.join(out, "checkpoint"),
+        settings={"kind": str(kind)}, progress=progress,
+    )  # fmt: skip
+    timings["train_s"] = trained.seconds
+    results["training"] = trained.history
+    if out is not None:
+        save_closure_network(
+            os.path.join(out, "network"), trained.model,
+            {"trained_on": {"size": size, "n_train": n_train, "kind": kind, "seed": seed},
+             "training": {**opt.settings(), "epochs": epochs, "batch_size": batch_size},
+             "history": trained.history},
+        )  # fmt: skip
+    results["network"], masks = {}, {}
+    for set_name, (d, x) in sets.items():
+        t = time.perf_counter()
+        masks[set_name] = predict_logits(trained.model, x) > 0
+        timings[f"network_{set_name}_s"] = time.perf_counter() - t
+        results["network"][set_name] = iou_summary(masks[set_name], d.inside)
+    same = sets["same"][0]
+    results["families"] = {}
+    for family in FAMILIES:
+        pick = np.array([f == [family] for f in same.families])
+        if pick.any():
+            results["families"][family] = {
+                name: iou_summary(pred[pick], same.inside[pick])
+                for name, pred in (("network", masks["same"]), ("convex_hull", hull["same"]))
+            } | {"images": int(pick.sum())}
+    _save(out, results)
+
+    # Learning curves and kernel machines at `kernel_size`.
+    pool_n = max([*curve_n, *kernel_n, *path_n, 1])
+    pool_d, x_pool = _images(pool_n, kernel_size, 1, kind, seeds[6], dtype)
+    ktest_d, x_ktest = _images(kernel_test, kernel_size, 1, kind, seeds[7], dtype)
+    curves = learning_curves(
+        architecture=arch, pool=(x_pool, pool_d.inside), test=(x_ktest, ktest_d.inside),
+        curve_n=list(curve_n), kernel_n=list(kernel_n), path_n=list(path_n),
+        steps=curve_steps, batch_size=batch_size, optimiser=opt,
+        path_options=dict(learning_rate=path_learning_rate, epochs=path_epochs,
+                          batch_size=path_batch_size),
+        path_test=path_test, seed=seed, folder=None if out is None else os.path.join(out, "curves"),
+        memory_gb=memory_gb, progress=progress,
+    )  # fmt: skip
+    kernel_preds = curves.pop("predictions")
+    timings.update({f"curves_{k}": v for k, v in curves.pop("timings").items()})
+    results["learning_curves"] = curves
+    if kernel_size == size:
+        # The kernel machines' test images are a fresh draw of the training distribution.
+        for name in ("ntk_init", "ntk_final", "path"):
+            if name in curves:
+                results[name] = {"same": {k: curves[name][-1][k] for k in _IOU}}
+    timings["total_s"] = time.perf_counter() - t_start
+    results["summary"] = answer(results)
+    _save(out, results)
+    say(table(results))
+    say(results["summary"])
+    if out is not None:
+        example_figure(os.path.join(out, "examples.png"), sets, masks)
+        kernel_example_figure(
+            os.path.join(out, "kernel_examples.png"), ktest_d, kernel_preds, curves
+        )
+        learning_curve_figure(os.path.join(out, "learning_curves.png"), curves)
+        training_figure(os.path.join(out, "training.png"), trained.history)
+        say(f"wrote {out}/results.json, examples.png, kernel_examples.png, "
+            "learning_curves.png, training.png and network/", flush=True)  # fmt: skip
+    return results
+
+
+_IOU = ("iou_pooled", "iou_median", "iou_p10")
+
+
+def _check(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"`{name}` must be at least 1, got {value}.")
 
 
 def _save(out: str | None, results: dict) -> None:
     if out is not None:
         write_json(os.path.join(out, "results.json"), results)
-
-
-_NAMES = ("network", "ntk_init", "ntk_final", "path")
-
-
-def closure_study(
-    *,
-    n_train: int = 16,
-    n_test: int = 16,
-    size: int = 16,
-    steps: int = 150,
-    learning_rate: float = 0.003,
-    width: int = 4,
-    nodes: int = 1,
-    stride: int = 1,
-    ridge: float = 1e-6,
-    seed: int = 0,
-    out: str | None = None,
-    progress: bool = True,
-    dtype: Any = jnp.float32,
-) -> dict[str, Any]:
-    """Run the closure study and return its results (also written to `out/results.json`).
-
-    **Arguments:**
-
-    - `n_train`, `n_test`, `size`: closure images (one curve each, smooth or polygonal).
-    - `steps`, `learning_rate`: full-batch gradient descent on the mean-MSE loss.
-    - `width`: channels of the [`ClosureCNN`][].
-    - `nodes`, `stride`: Gauss–Legendre nodes per integrated step, and integrate one step
-      in `stride` (see [`ntkode.PathGradientDescent`][]). The default `stride=1, nodes=1`
-      (segment midpoints) reconstructs the network to about 1e-6; `nodes≥4` is exact to
-      rounding. Either way every step costs a Jacobian of every image, about 40 ms per
-      16×16 image on one core. Do not raise `stride` at learning rates near the edge of
-      stability: steps then alternate in sign and a strided sum misses them entirely.
-    - `ridge`: relative ridge of the kernel machines.
-    - `seed`: data and initialisation; the study is deterministic in it.
-    - `out`: folder for `results.json` and `closure.png` (`None`: nothing written).
-    - `progress`: print progress.
-    - `dtype`: floating dtype of data and weights.
-
-    **Returns:** a dict with `iou` (per predictor), `test_mse`, `vs_network`,
-    `path_kernel_residual`, `config` and `timings`.
-    """
-    if int(steps) < 1:
-        raise ValueError(f"`steps` must be at least 1, got {steps}.")
-    say = print if progress else (lambda *a, **k: None)
-    t_start = time.perf_counter()
-    config = dict(
-        n_train=n_train, n_test=n_test, size=size, steps=steps, learning_rate=learning_rate,
-        width=width, nodes=nodes, stride=stride, ridge=ridge, seed=seed,
-        dtype=jnp.dtype(dtype).name,
-    )  # fmt: skip
-    results: dict[str, Any] = {"study": "closure", "config": config, "timings": {}}
-    data = closure(n_train, n_test, size, seed=seed, dtype=dtype)
-    model = ClosureCNN(width, key=jax.random.key(seed + 1), dtype=dtype)
-    results["config"]["num_params"] = num_params(model)
-    results["data"] = {
-        "inside_fraction_test": float(jnp.mean(data.y_test)),
-        "curve_fraction_test": float(jnp.mean(data.x_test)),
-    }
-    _save(out, results)
-    say(
-        f"closure: {n_train}+{n_test} images {size}×{size}, CNN with {num_params(model)} "
-        f"weights, {steps} gradient-descent steps (η={learning_rate}), path kernel with "
-        f"{nodes} node(s) on one step in {stride}"
-    )
-    problem = GradientFlowProblem(
-        model, data, loss=mse, tspan=(0.0, float(steps)), learning_rate=learning_rate
-    )
-    t0 = time.perf_counter()
-    method = PathGradientDescent(int(steps), nodes, stride, progress=progress)
-    comp = compare_kernels(problem, method, trace=True, ridge=ridge)
-    results["timings"]["train_and_kernels_s"] = time.perf_counter() - t0
-    pk = comp.path_kernel
-    results["path_kernel_residual"] = float(pk.residual)
-    errs = comp.errors()
-    preds = comp.predictions()
-    results["iou"] = {name: iou(preds[name], data.y_test) for name in _NAMES}
-    results["iou_train"] = {name: iou(comp.train[name], data.y_train) for name in _NAMES}
-    results["test_mse"] = {name: errs[name]["test_mse"] for name in _NAMES}
-    results["vs_network"] = {name: errs[name]["vs_network"] for name in _NAMES}
-    results["baseline_iou_all_inside"] = iou(np.ones_like(data.y_test), data.y_test)
-    results["timings"]["total_s"] = time.perf_counter() - t_start
-    _save(out, results)
-    say(table(results))
-    if out is not None:
-        _figure(os.path.join(out, "closure.png"), data, preds)
-        say(f"wrote {os.path.join(out, 'results.json')} and closure.png")
-    return results
-
-
-def table(results: dict[str, Any]) -> str:
-    """The study's results as a plain-text table."""
-    rows = [f"{'predictor':<12}{'IoU test':>10}{'IoU train':>11}{'test MSE':>11}{'vs net':>9}"]
-    for name in _NAMES:
-        rows.append(
-            f"{name:<12}{results['iou'][name]:>10.3f}{results['iou_train'][name]:>11.3f}"
-            f"{results['test_mse'][name]:>11.3f}{results['vs_network'][name]:>9.3f}"
-        )
-    rows.append(f"all-inside baseline IoU: {results['baseline_iou_all_inside']:.3f}")
-    rows.append(
-        f"Domingos reconstruction residual (per-step path kernel): "
-        f"{results['path_kernel_residual']:.2e}"
-    )
-    return "\n".join(rows)
-
-
-def _figure(path: str, data, preds: dict[str, Array], examples: int = 4) -> None:
-    plt = pyplot()
-
-    m = data.x_test.shape[-1]
-    examples = min(examples, data.n_test)
-    cols = ["curve", "truth", *_NAMES]
-    fig, axes = plt.subplots(examples, len(cols), figsize=(1.6 * len(cols), 1.6 * examples))
-    axes = np.atleast_2d(axes)
-    for r in range(examples):
-        imgs = [np.asarray(data.x_test[r, 0]), np.asarray(data.y_test[r]).reshape(m, m)]
-        imgs += [np.asarray(preds[name][r]).reshape(m, m) for name in _NAMES]
-        for c, (img, title) in enumerate(zip(imgs, cols, strict=True)):
-            ax = axes[r, c]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,79 @@
+"""Closure task costs: the data generator's images/s, and the traced-NTK kernel machine at
+n training images (NTK seconds and solve seconds), float32.
+
+    PYTHONPATH=. python benchmarks/closure.py --data                  # 10,000 images, 32×32
+    PYTHONPATH=. python benchmarks/closure.py --kernel 1024 --size 16 # NTK machine, n=1024
+    PYTHONPATH=. python benchmarks/closure.py --kernel 128 --size 32 --test 32
+
+The kernel is that of the study's U-Net at initialisation (4 scales, 8 channels), between
+`n + test` images and the `n` training ones; the solve is the study's kernel machine
+(ridge by leave-one-out IoU over six ridges, then kernel regression). Prints the load
+average next to every time: the machine may be shared.
+"""
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkode.datasets._closure import closure_images
+from ntkode.studies._closure._kernels import kernel_machine, traced_ntk
+from ntkode.studies._closure._metrics import iou_summary
+from ntkode.studies._closure._train import predict_logits
+from ntkode.studies._closure._unet import build_unet
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def data(n: int, size: int) -> None:
+    for kind in ("mixed", "smooth", "polygon", "grown", "folded"):
+        t = time.perf_counter()
+        closure_images(n if kind == "mixed" else n // 5, size, kind=kind, seed=0)
+        dt = time.perf_counter() - t
+        count = n if kind == "mixed" else n // 5
+        print(f"{kind:>8}: {count} images {size}×{size} in {dt:.1f} s = {count / dt:.0f} "
+              f"images/s (load {load()})", flush=True)  # fmt: skip
+
+
+def kernel(n: int, size: int, test: int, memory_gb: float) -> None:
+    tr = closure_images(n, size, seed=1)
+    te = closure_images(test, size, seed=2)
+    x = jnp.asarray(np.concatenate([tr.curves, te.curves])[:, None], jnp.float32)
+    net = build_unet(scales=4, channels=8, growth=1.0, norm="none", dtype=jnp.float32,
+                     key=jax.random.key(0))  # fmt: skip
+    print(f"n={n} train + {test} test images {size}×{size}, load {load()}", flush=True)
+    k, seconds = traced_ntk(net, x, n, memory_gb)
+    print(f"NTK (traced) {k.shape}: {seconds:.1f} s (load {load()})", flush=True)
+    f0 = predict_logits(net, x).reshape(n + test, -1)
+    m = kernel_machine(k[:n], k[n:], tr.inside.reshape(n, -1), f0[:n], f0[n:])
+    score = iou_summary(m.test.reshape(te.inside.shape) > 0, te.inside)
+    print(
+        f"solve (leave-one-out ridge over 6 values + kernel regression): "
+        f"{m.solve_seconds:.1f} s; ridge {m.ridge:g}; test IoU pooled "
+        f"{score['iou_pooled']:.3f}, p10 {score['iou_p10']:.3f} (load {load()})",
+        flush=True,
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="store_true", help="time the data generator")
+    parser.add_argument("--n", type=int, default=10000, help="images for --data")
+    parser.add_argument("--kernel", type=int, default=0, help="training images of the machine")
+    parser.add_argument("--size", type=int, default=32, help="image side")
+    parser.add_argument("--test", type=int, default=256, help="test images of the machine")
+    parser.add_argument("--memory-gb", type=float, default=4.0, help="for NTK features")
+    args = parser.parse_args(argv)
+    if args.data:
+        data(args.n, args.size)
+    if args.kernel:
+        kernel(args.kernel, args.size, args.test, args.memory_gb)
+
+
+if __name__ == "__main__":
+    main()

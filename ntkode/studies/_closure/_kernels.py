@@ -1,0 +1,186 @@
+r"""Kernel machines of the closure network: NTK at initialisation, NTK after training, path kernel.
+
+Every machine is kernel ridge regression started from the network at initialisation, as in
+Domingos' theorem ($b = f(\theta_0, x)$),
+
+$$\hat f(x) = f(\theta_0, x) + K(x, X)\,(K(X, X) + \lambda I)^{-1}\,(Y_\pm - f(\theta_0, X)),$$
+
+with targets $Y_\pm = \pm 1$ per pixel (inside/outside) and "inside" where $\hat f > 0$,
+as for the network's logits. The ridge $\lambda$ is chosen, from a grid relative to the mean
+diagonal of $K$, by the pooled IoU of the *leave-one-out* predictions on the training
+images, which kernel ridge regression gives in closed form: with
+$G = (K + \lambda I)^{-1}$ and $\alpha = G\,(Y_\pm - f_0)$, leaving image $i$ out moves its
+prediction to $Y_{\pm,i} - \alpha_i / G_{ii}$ (a Schur complement, true for any square $K$,
+so for the non-symmetric path kernel too). The machines thus get their best ridge without
+seeing a test image.
+
+**Kernels are traced over pixels**: $K(x, x') = \sum_p \nabla_\theta f_p(x) \cdot
+\nabla_\theta f_p(x')$, one image-to-image kernel shared by every pixel, from
+[`ntkode.ntk`][]`(model, x1, x2, trace=True)` (the structured engine). The full NTK of an
+`m × m` map has `m²×m²` blocks per pair of images (65,536 numbers per pair at 16×16), out of
+reach for a thousand images; the traced kernel costs one Jacobian per image and one
+contraction per pair. What it cannot do is move information between pixels: a traced
+machine predicts every held-out map as $f(\theta_0, x)$ plus a combination of the training
+maps $Y_{\pm,i} - f(\theta_0, x_i)$, weighted by image similarity. The network's own
+function-space dynamics use the full kernel (Jacot, Gabriel and Hongler 2018), so a traced
+machine is a kernel machine *of the network's tangent features*, not the linearised network.
+"""
+
+import time
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..._core._model import partition
+from ..._core._regression import kernel_regression
+from ..._ntk import StructuredNTK, ntk
+from ._train import predict_logits
+from ._unet import UNet
+
+#: Relative ridges tried (times the mean diagonal of the training kernel).
+RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+class Machine(NamedTuple):
+    """A kernel machine's predictions and costs.
+
+    **Fields:** `test` (scores `(m, k)`, inside where > 0); `ridge` (the relative ridge
+    chosen); `loo_iou` (the leave-one-out pooled IoU on the training images at that ridge);
+    `solve_seconds` (ridge selection and solve).
+    """
+
+    test: np.ndarray
+    ridge: float
+    loo_iou: float
+    solve_seconds: float
+
+
+def traced_ntk(
+    model: UNet, x: Float[Array, "q 1 m m"], cols: int | np.ndarray, memory_gb: float = 4.0
+) -> tuple[Array, float]:
+    """The network's NTK traced over pixels between the images `x` and some of them.
+
+    `cols` is a number `c` (the first `c` images) or an index array. Returns the kernel
+    `(q, c)` and the seconds it took. The structured engine's
+    per-image features (a `m² × P` Jacobian for the convolutions) are computed once per
+    image, 32 images at a time, and kept while they fit in `memory_gb`, so that no
+    Jacobian is computed twice; beyond that [`ntkode.ntk`][]'s blocking recomputes the
+    columns' features per block of rows.
+    """
+    t = time.perf_counter()
+    q, m = int(x.shape[0]), int(x.shape[-1])
+    cols = np.arange(cols) if np.ndim(cols) == 0 else np.asarray(cols)
+    params, static = partition(model)
+    size = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+    per_image = m * m * size * jnp.dtype(x.dtype).itemsize
+    if q * per_image <= memory_gb * 1e9:
+        impl = StructuredNTK(trace_hint=True)
+        chunks = [x[i : i + _CHUNK] for i in range(0, q, _CHUNK)]
+        feats = [_features(impl, params, static, c) for c in chunks]
+        picked = jax.tree.map(lambda *a: jnp.concatenate(a)[cols], *feats)
+        k = jnp.concatenate([_contract(impl, params, static, f, picked) for f in feats])
+    else:
+        block = max(8, int(memory_gb * 1e9 / (2 * per_image)))
+        k = ntk(model, x, x[cols], trace=True, block_size=block)
+    k = k.block_until_ready()
+    return k, time.perf_counter() - t
+
+
+_CHUNK = 32
+
+
+@eqx.filter_jit
+def _features(impl, params, static, x):
+    return impl.features(params, static, x)
+
+
+@eqx.filter_jit
+def _contract(impl, params, static, f1, f2):
+    return impl.contract(params, static, f1, f2, True)
+
+
+def _pooled(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.count_nonzero(pred | truth)
+    return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
+
+
+def loo_residuals(kernel: np.ndarray, residual: np.ndarray, ridge: float) -> np.ndarray:
+    """Leave-one-out residuals $\alpha_i / G_{ii}$ of kernel ridge regression, `(n, k)`.
+
+    `kernel` `(n, n)` (any square matrix), `residual` $Y - f_0$ `(n, k)`, `ridge` absolute.
+    Row `i` is $Y_i$ minus the prediction at $x_i$ of the machine fitted without image `i`.
+    """
+    k = np.asarray(kernel, np.float64)
+    g = np.linalg.inv(k + ridge * np.eye(k.shape[0]))
+    return (g @ np.asarray(residual, np.float64)) / np.diag(g)[:, None]
+
+
+def loo_ridge(kernel: np.ndarray, residual: np.ndarray, truth: np.ndarray, ridges=RIDGES):
+    r"""The relative ridge with the best leave-one-out pooled IoU, and that IoU.
+
+    `kernel` `(n, n)`, `residual` $Y_\pm - f_0$ `(n, k)`, `truth` boolean `(n, k)`; ridges
+    relative to the mean diagonal of `kernel`.
+    """
+    y = np.where(truth, 1.0, -1.0)
+    scale = float(np.mean(np.diag(np.asarray(kernel, np.float64))))
+    best = (-1.0, ridges[0])
+    for rho in ridges:
+        try:
+            loo = y - loo_residuals(kernel, residual, rho * scale)
+        except np.linalg.LinAlgError:
+            continue
+        score = _pooled(loo > 0, truth)
+        if score > best[0]:
+            best = (score, rho)
+    return best[1], best[0]
+
+
+def kernel_machine(
+    k_train: Array, k_test: Array, y_train: np.ndarray, f0_train: np.ndarray,
+    f0_test: np.ndarray, *, symmetric: bool = True, ridges=RIDGES,
+) -> Machine:  # fmt: skip
+    """Kernel ridge regression from the initial network, ridge by leave-one-out IoU.
+
+    **Arguments:** traced kernels `k_train` `(n, n)` and `k_test` `(m, n)`; boolean
+    targets `y_train` `(n, k)`; the initial network's logits `f0_train` `(n, k)` and
+    `f0_test` `(m, k)`; `symmetric=False` for the path kernel.
+    """
+    t = time.perf_counter()
+    truth = np.asarray(y_train, bool)
+    target = np.where(truth, 1.0, -1.0).astype(np.float32)
+    rho, loo = loo_ridge(np.asarray(k_train), target - np.asarray(f0_train), truth, ridges)
+    out = kernel_regression(
+        k_train, k_test, target, u0_train=f0_train, u0_test=f0_test, ridge=rho,
+        relative_ridge=True, symmetric=symmetric,
+    )  # fmt: skip
+    test = np.asarray(out.test)
+    return Machine(test, rho, loo, time.perf_counter() - t)
+
+
+def ntk_machines(
+    init: UNet, trained: UNet, x_train: Array, y_train: np.ndarray, x_test: Array,
+    *, memory_gb: float = 4.0, init_kernel: tuple[Array, Array] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The NTK machines at initialisation and after training, with their timings.
+
+    `init_kernel` = `(K(X, X), K(X_test, X))` of `init`, if already computed (the kernel at
+    initialisation does not depend on the training run, so a learning curve slices one).
+    """
+    n = x_train.shape[0]
+    truth = np.asarray(y_train, bool).reshape(n, -1)
+    f0_train = predict_logits(init, x_train).reshape(n, -1)
+    f0_test = predict_logits(init, x_test).reshape(x_test.shape[0], -1)
+    out: dict[str, Any] = {}
+    for name, model in (("ntk_init", init), ("ntk_final", trained)):
+        if name == "ntk_init" and init_kernel is not None:
+            kxx, ksx, seconds = init_kernel[0], init_kernel[1], 0.0
+        else:
+            k, seconds = traced_ntk(model, jnp.concatenate([x_train, x_test]), n, memory_gb)
+            kxx, ksx = k[:n], k[n:]
+        machine = kernel_machine(kxx, ksx, truth, f0_train, f0_test)
+        out[name] = {"machine": machine, "ntk_seconds": seconds}
+    return out
