@@ -8,6 +8,8 @@ import pytest
 
 import ntkode as nk
 
+pytestmark = pytest.mark.strict_dtypes
+
 
 @pytest.fixture(scope="module")
 def setup():

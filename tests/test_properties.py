@@ -11,6 +11,8 @@ import ntkode as nk
 from ntkode import schedules as S
 from ntkode._core._kernel_flow import flatten_kernel
 
+pytestmark = pytest.mark.strict_dtypes
+
 INTERPOLATIONS = [
     S.Linear(),
     S.Smoothstep(order=1),
@@ -97,3 +99,9 @@ def test_loss_and_residual_schedules_invert(n, shift, seed):
     for sched in (S.LossLevel(), S.LossLevel(log=False), S.ResidualNorm(), S.ResidualNorm(False)):
         s = sched(0.0, u, y, nk.losses.mse)
         assert float(sched.residual_sq(s, n)) == pytest.approx(r2, rel=1e-10)
+
+
+def test_strict_promotion_is_on_in_this_module():
+    # The marker above must make implicit float32/float64 promotion an error here.
+    with pytest.raises(Exception, match="promot"):
+        jnp.ones(2, jnp.float32) + jnp.ones(2, jnp.float64)
