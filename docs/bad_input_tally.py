@@ -1,409 +1,490 @@
-"""Try every bad input and call of the "nothing silent" tally, and classify what ntkode does.
+"""Try every bad input and call of the issue (and the older ones): clear / traceback / silent.
 
-    PYTHONPATH=<checkout> python docs/bad_input_tally.py [--only NAME ...]
+    PYTHONPATH=<checkout> python docs/bad_input_tally.py   # TALLY_ONLY=word: those cases only
 
-Each case prints one line: `clear` (an exception of one sentence that names the argument and
-what to do, or the CLI's one-line error), `traceback` (any other exception, or misleading
-advice), `silent` (no error, and a wrong number, a NaN or an ignored argument), or `works`
-(the call is now supported and gives the right answer). The verdicts are checked by the
-function of each case, not assumed; `docs/bad_input_tally.md` records a run on the code
-before and after the fix.
+Prints one line per case: `name | outcome | detail`; `docs/bad_input_tally.md` records a run
+on the code before and after the fix. Outcomes:
+- clear: a ValueError/TypeError/RuntimeError (or CLI exit 2 with one line) whose message
+  matches what it should say;
+- traceback: an exception of another kind, or a message that does not say what is wrong,
+  or a CLI traceback;
+- silent: no error, and the result is wrong (or an argument ignored);
+- works: a call that should work and does (correct result checked).
 """
 
-import argparse
-import contextlib
-import io
 import os
+import signal
+import subprocess
 import sys
 import tempfile
-import traceback
 
+import diffrax
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-
-import diffrax  # noqa: E402
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
 import ntkode as nk  # noqa: E402
-from ntkode import schedules as S  # noqa: E402
 
-CASES = {}
-
-
-def case(fn):
-    CASES[fn.__name__] = fn
-    return fn
-
-
-def _small():
-    kx, kt, km = jax.random.split(jax.random.key(0), 3)
-    x, xt = jax.random.normal(kx, (8, 3)), jax.random.normal(kt, (4, 3))
-    data = nk.Dataset(x, jnp.sin(x.sum(-1)), xt, jnp.sin(xt.sum(-1)))
-    model = eqx.nn.MLP(3, 1, 8, 1, activation=jnp.tanh, key=km)
-    return model, data
+ROOT = os.environ["PYTHONPATH"].split(os.pathsep)[0]
+data = nk.datasets.sine(16, 8, 3, key=jax.random.key(0), dtype=jnp.float64)
+model = eqx.nn.MLP(3, 1, 16, 2, activation=jnp.tanh, key=jax.random.key(1), dtype=jnp.float64)
+K = nk.ntk(model, data.x_train)
+GF = nk.GradientFlowProblem(model, data, tspan=(0.0, 1.0))
+KF = nk.KernelFlowProblem.from_model(model, data, tspan=(0.0, 1.0))
+rows = []
+ONLY = os.environ.get("TALLY_ONLY", "")
 
 
-MODEL, DATA = _small()
-KERNEL = nk.ntk(MODEL, DATA.x_train)
+def case(name, fn, expect=None, check=None):
+    """`expect`: substring an error must contain (an error is wanted); `check(result)` ->
+    True if a non-error result is right."""
+    if ONLY not in name:
+        return
+    try:
+        out = fn()
+    except (ValueError, TypeError, RuntimeError) as err:
+        msg = str(err).split("\n")[0]
+        if expect is not None and expect.lower() in str(err).lower():
+            rows.append((name, "clear", msg[:150]))
+        else:
+            rows.append((name, "traceback", f"{type(err).__name__}: {msg[:150]}"))
+        return
+    except Exception as err:  # noqa: BLE001
+        rows.append((name, "traceback", f"{type(err).__name__}: {str(err).splitlines()[0][:150]}"))
+        return
+    if expect is not None:
+        ok = check(out) if check else False
+        rows.append((name, "works" if ok else "silent", f"no error; result {str(out)[:100]}"))
+    else:
+        ok = check(out) if check else True
+        rows.append((name, "works" if ok else "silent", str(out)[:100]))
 
 
-def _kernel_problem(lr=1.0, **kw):
-    return nk.KernelFlowProblem(KERNEL, DATA, tspan=(0.0, 2.0), learning_rate=lr, **kw)
+def fd(f, x, h=1e-5):
+    return (float(f(x + h)) - float(f(x - h))) / (2 * h)
 
 
-def _grid():
-    k = jax.random.normal(jax.random.key(3), (3, 8, 8))
-    kernels = jnp.einsum("gij,gkj->gik", k, k) + 0.5 * jnp.eye(8)
-    return nk.KernelGrid(jnp.linspace(0.0, 2.0, 3), kernels)
+# -- 1. adjoints ------------------------------------------------------------------------------
+for pname, prob in (("GradientFlowProblem", GF), ("KernelFlowProblem (closed form)", KF)):
+    case(
+        f"adjoint=BacksolveAdjoint on {pname}",
+        lambda prob=prob: nk.solve(prob, adjoint=diffrax.BacksolveAdjoint()).train_loss[-1],
+        expect="dissipative",
+    )
 
 
-def _scheduled(lr=1.0, exact=True):
+def kgrad(adjoint, solver=diffrax.Tsit5(), t1=34.0):
+    def f(lr):
+        p = nk.KernelFlowProblem(
+            K, data, tspan=(0.0, t1), learning_rate=lr, u0_train=KF.u0_train, u0_test=KF.u0_test
+        )
+        return nk.solve(
+            p, solver, saveat=3, adjoint=adjoint, rtol=1e-6, atol=1e-8, max_steps=20000
+        ).train_loss[-1]
+
+    return f
+
+
+def backsolve_kernel_ode():
+    g = float(jax.grad(kgrad(diffrax.BacksolveAdjoint()))(1.0))
+    ref = fd(kgrad(diffrax.RecursiveCheckpointAdjoint()), 1.0)
+    return g, ref
+
+
+case(
+    "adjoint=BacksolveAdjoint on KernelFlowProblem (ODE), grad vs FD",
+    backsolve_kernel_ode,
+    expect="dissipative",
+    check=lambda r: abs(r[0] - r[1]) < 1e-3 * abs(r[1]),
+)
+case(
+    "adjoint=ImplicitAdjoint on KernelFlowProblem (ODE)",
+    lambda: nk.solve(KF, diffrax.Tsit5(), adjoint=diffrax.ImplicitAdjoint()).train_loss[-1],
+    expect="steady state",
+)
+
+
+def rca_kernel_ode():
+    f = kgrad(diffrax.RecursiveCheckpointAdjoint(), t1=2.0)
+    return float(jax.grad(f)(1.0)), fd(f, 1.0)
+
+
+case(
+    "RecursiveCheckpointAdjoint on KernelFlowProblem (ODE), grad vs FD",
+    rca_kernel_ode,
+    check=lambda r: abs(r[0] - r[1]) < 1e-5 * abs(r[1]),
+)
+
+# -- 2. events ---------------------------------------------------------------------------------
+ev = diffrax.Event(lambda t, y, args, **kw: t > 0.5)
+case(
+    "event on GradientFlowProblem: sol.t / losses finite",
+    lambda: nk.solve(GF, event=ev, saveat=jnp.array([0.0, 0.25, 0.75, 1.0])),
+    check=lambda s: bool(np.all(np.isfinite(s.t)) and np.all(np.isfinite(s.train_loss))),
+)
+case(
+    "event on GradientFlowProblem: sol(t) past the stop",
+    lambda: nk.solve(GF, event=ev, saveat=jnp.array([0.0, 0.25, 0.75, 1.0]))(0.9).train,
+    check=lambda u: bool(np.all(np.isfinite(u))),
+)
+case(
+    "event on GradientFlowProblem: summary()",
+    lambda: nk.solve(GF, event=ev, saveat=jnp.array([0.0, 0.25, 0.75, 1.0])).summary(),
+    check=lambda d: np.isfinite(d["t_end"]) and np.isfinite(d["final_train_loss"]),
+)
+case(
+    "event on GradientFlowProblem: success",
+    lambda: nk.solve(GF, event=ev, saveat=jnp.array([0.0, 0.25, 0.75, 1.0])).success,
+    check=lambda ok: bool(ok),
+)
+
+
+def compare_stopped():
+    s = nk.solve(GF, event=ev, saveat=jnp.array([0.0, 0.25, 0.75, 1.0]))
+    full = nk.solve(GF, saveat=jnp.array([0.0, 0.25, 0.75, 1.0]))
+    return nk.compare(full, s).rows
+
+
+case(
+    "event on GradientFlowProblem: compare()",
+    compare_stopped,
+    check=lambda r: all(np.isfinite(v["max_rel_train_error"]) for v in r.values()),
+)
+case(
+    "event on closed-form KernelFlowProblem",
+    lambda: nk.solve(KF, event=ev, saveat=5).retcode == nk.RESULTS.event_occurred,
+    check=lambda ok: bool(ok),
+)
+
+# -- 3. cross-entropy -------------------------------------------------------------------------
+labels = jnp.arange(16) % 10
+m10 = eqx.nn.MLP(3, 10, 16, 2, key=jax.random.key(1), dtype=jnp.float64)
+case(
+    "cross_entropy, integer labels, 10-output model",
+    lambda: (
+        nk.solve(
+            nk.GradientFlowProblem(m10, nk.Dataset(data.x_train, labels), loss="cross_entropy"),
+            saveat=3,
+        ).train_loss
+    ),
+    check=lambda losses: float(losses[0]) > 1.0,
+)
+case(
+    "cross_entropy, integer labels, 1-output model (the old advice)",
+    lambda: (
+        nk.solve(
+            nk.GradientFlowProblem(model, nk.Dataset(data.x_train, labels), loss="cross_entropy"),
+            saveat=3,
+        ).train_loss
+    ),
+    expect="out_size=10",
+)
+case(
+    "cross_entropy, real targets, 1-output model",
+    lambda: (
+        nk.solve(nk.GradientFlowProblem(model, data, loss="cross_entropy"), saveat=3).train_loss
+    ),
+    expect="two classes",
+)
+m3 = eqx.nn.MLP(3, 3, 16, 2, key=jax.random.key(1), dtype=jnp.float64)
+case(
+    "cross_entropy, real-valued (n, 3) targets",
+    lambda: (
+        nk.solve(
+            nk.GradientFlowProblem(
+                m3, nk.Dataset(data.x_train, jnp.sin(data.x_train)), loss="cross_entropy"
+            ),
+            saveat=3,
+        ).train_loss
+    ),
+    expect="probabilities",
+)
+
+# -- 4. silently accepted ----------------------------------------------------------------------
+case(
+    "non-PSD kernel in KernelFlowProblem",
+    lambda: nk.solve(
+        nk.KernelFlowProblem(-jnp.eye(16), data, tspan=(0.0, 50.0)), diffrax.Tsit5()
+    ).train_loss[-1],
+    expect="positive semi-definite",
+)
+other = nk.Dataset(data.x_train, -data.y_train, data.x_test, data.y_test)
+case(
+    "compare() of solutions on different data",
+    lambda: (
+        nk.compare(
+            nk.solve(KF, saveat=5),
+            nk.solve(nk.KernelFlowProblem(K, other, tspan=(0.0, 1.0)), saveat=5),
+        ).rows
+    ),
+    expect="different data",
+)
+case(
+    "compare() of solutions on data with and without a test split",
+    lambda: (
+        nk.compare(
+            nk.solve(KF, saveat=5),
+            nk.solve(
+                nk.KernelFlowProblem(K, nk.Dataset(data.x_train, data.y_train), tspan=(0.0, 1.0)),
+                saveat=5,
+            ),
+        ).rows
+    ),
+    expect="different data",
+)
+case(
+    "certify with a negative learning rate",
+    lambda: nk.certify(nk.KernelGrid(jnp.zeros(1), K[None, :, :, 0, 0]), -1.0).rate,
+    expect="learning_rate",
+)
+case(
+    "rtol with a stepsize_controller",
+    lambda: nk.solve(GF, rtol=1e-3, stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1),
+    expect="would be ignored",
+)
+case(
+    "ntk on (n, 3, 1) inputs for a model taking (3,)",
+    lambda: nk.ntk(model, data.x_train[:, :, None]).shape,
+    expect="shape (3, 1)",
+)
+
+# -- 5. solver objects -------------------------------------------------------------------------
+case('solver as a string "tsit5"', lambda: nk.solve(GF, "tsit5"), expect="tsit5")
+case("solver as a class diffrax.Tsit5", lambda: nk.solve(GF, diffrax.Tsit5), expect="Tsit5()")
+case("diffrax.Euler() without dt0", lambda: nk.solve(GF, diffrax.Euler()), expect="dt0")
+
+# -- 6. jit ------------------------------------------------------------------------------------
+
+
+def jit_kernel():
+    f = lambda lr: nk.solve(
+        nk.KernelFlowProblem(K, data, learning_rate=lr, tspan=(0.0, 1.0)), saveat=5
+    ).train_loss[-1]
+    return float(jax.jit(f)(1.0)), float(f(1.0))
+
+
+def jit_gf():
+    f = lambda lr: nk.solve(
+        nk.GradientFlowProblem(model, data, learning_rate=lr, tspan=(0.0, 1.0)), saveat=5
+    ).train_loss[-1]
+    return float(jax.jit(f)(1.0)), float(f(1.0))
+
+
+case(
+    "jax.jit of building and solving a KernelFlowProblem",
+    jit_kernel,
+    check=lambda r: abs(r[0] - r[1]) < 1e-12,
+)
+case(
+    "jax.jit of building and solving a GradientFlowProblem",
+    jit_gf,
+    check=lambda r: abs(r[0] - r[1]) < 1e-12,
+)
+
+# -- 7. sol(t) accuracy ------------------------------------------------------------------------
+
+
+def interp():
+    fine = nk.solve(KF, saveat=jnp.linspace(0.0, 1.0, 101))
+    coarse = nk.solve(KF, saveat=3)
+    doc = type(coarse).__call__.__doc__ or ""
+    err = float(jnp.max(jnp.abs(coarse(fine.t).train - fine.train)))
+    states_real = "interpolant" in doc and "not the solver" in doc
+    return err, states_real
+
+
+case("sol(t) docstring states the interpolant's real accuracy", interp, check=lambda r: r[1])
+
+# -- scheduled problems (adjoints and events) --------------------------------------------------
+_g = jax.random.normal(jax.random.key(3), (3, 16, 16))
+GRID = nk.KernelGrid(
+    jnp.linspace(0.0, 1.0, 3), jnp.einsum("gij,gkj->gik", _g, _g) + 0.5 * jnp.eye(16)
+)
+
+
+def sched(lr=1.0, exact=True):
+    from ntkode import schedules as S
+
     interp = S.PiecewiseConstant() if exact else S.Smoothstep(order=2)
     return nk.ScheduledKernelProblem(
-        _grid(), DATA, S.Time(), interp, tspan=(0.0, 2.0), learning_rate=lr
+        GRID, data, S.Time(), interp, tspan=(0.0, 1.0), learning_rate=lr, u0_train=KF.u0_train
     )
 
 
-def _grad_check(make, solver):
-    def f(lr, adjoint):
-        sol = nk.solve(make(lr), solver, saveat=3, rtol=1e-10, atol=1e-12, adjoint=adjoint)
-        return sol.train_loss[-1]
-
-    good = float(jax.grad(f)(1.0, diffrax.RecursiveCheckpointAdjoint()))
-    bad = float(jax.grad(f)(1.0, diffrax.BacksolveAdjoint()))
-    fd = (float(f(1.0 + 1e-5, None)) - float(f(1.0 - 1e-5, None))) / 2e-5
-    ok = abs(bad - fd) < 1e-5 * max(1.0, abs(fd))
-    return ("works" if ok else "silent"), f"Backsolve {bad:.4g}, fd {fd:.4g}, default {good:.4g}"
+def backsolve_scheduled_ode():
+    f = lambda lr, adj: nk.solve(
+        sched(lr, False), diffrax.Tsit5(), saveat=3, adjoint=adj, rtol=1e-10, atol=1e-12
+    ).train_loss[-1]
+    g = float(jax.grad(f)(1.0, diffrax.BacksolveAdjoint()))
+    return g, fd(lambda lr: f(lr, diffrax.RecursiveCheckpointAdjoint()), 1.0)
 
 
-# ---------------------------------------------------------------- 1. adjoints
+case(
+    "adjoint=BacksolveAdjoint on ScheduledKernelProblem (ODE), grad vs FD",
+    backsolve_scheduled_ode,
+    expect="dissipative",
+    check=lambda r: abs(r[0] - r[1]) < 1e-3 * abs(r[1]),
+)
+case(
+    "adjoint=BacksolveAdjoint on ScheduledKernelProblem (exact)",
+    lambda: nk.solve(sched(), adjoint=diffrax.BacksolveAdjoint()).train_loss[-1],
+    expect="dissipative",
+)
+case(
+    "event on ScheduledKernelProblem (exact)",
+    lambda: nk.solve(sched(), event=ev, saveat=5).retcode == nk.RESULTS.event_occurred,
+    expect="does not support events",
+    check=lambda ok: bool(ok),
+)
+case(
+    "event on ScheduledKernelProblem (ODE)",
+    lambda: (
+        nk.solve(sched(exact=False), diffrax.Tsit5(), event=ev, saveat=5).retcode
+        == nk.RESULTS.event_occurred
+    ),
+    check=lambda ok: bool(ok),
+)
+
+# -- older checks (test_bad_input) --------------------------------------------------------------
+wrong_in = eqx.nn.MLP(5, 1, 8, 1, key=jax.random.key(0), dtype=jnp.float64)
+case("model input size != data", lambda: nk.GradientFlowProblem(wrong_in, data), expect="(5,)")
+wrong_out = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0), dtype=jnp.float64)
+case("model outputs != targets", lambda: nk.GradientFlowProblem(wrong_out, data), expect="out_size")
+case("x/y length mismatch", lambda: nk.Dataset(np.zeros((5, 2)), np.zeros(4)), expect="4")
+case(
+    "NaN in x_train", lambda: nk.Dataset(np.full((4, 2), np.nan), np.zeros(4)), expect="non-finite"
+)
+case("empty x_train", lambda: nk.Dataset(np.zeros((0, 2)), np.zeros(0)), expect="empty")
+case(
+    "learning_rate <= 0",
+    lambda: nk.GradientFlowProblem(model, data, learning_rate=-1.0),
+    expect="positive",
+)
+case(
+    "reversed tspan",
+    lambda: nk.GradientFlowProblem(model, data, tspan=(1.0, 0.0)),
+    expect="reversed",
+)
+case("unknown loss name", lambda: nk.GradientFlowProblem(model, data, loss="hinge"), expect="hinge")
+case(
+    "kernel of wrong shape", lambda: nk.KernelFlowProblem(jnp.zeros((15, 16)), data), expect="shape"
+)
+case(
+    "max_steps reached", lambda: nk.solve(GF, max_steps=3).message, check=lambda m: "max_steps" in m
+)
+case(
+    "saveat outside tspan",
+    lambda: nk.solve(GF, saveat=jnp.array([0.0, 2.0])),
+    expect="inside tspan",
+)
+case(
+    "saveat not increasing", lambda: nk.solve(GF, saveat=jnp.array([0.5, 0.2])), expect="increasing"
+)
+case("rtol < 0", lambda: nk.solve(GF, rtol=-1.0), expect="rtol")
+case("max_steps = 0", lambda: nk.solve(GF, max_steps=0), expect="max_steps")
+case("solve of a non-problem", lambda: nk.solve("x"), expect="problem")
+case("remake with an unknown field", lambda: nk.remake(GF, learning_rat=2.0), expect="no field")
+case(
+    "unknown ntk implementation",
+    lambda: nk.ntk(model, data.x_train, implementation="magic"),
+    expect="implementation",
+)
+
+# -- CLI ---------------------------------------------------------------------------------------
 
 
-@case
-def backsolve_gradient_flow():
-    p = nk.GradientFlowProblem(MODEL, DATA, tspan=(0.0, 2.0))
-    nk.solve(p, adjoint=diffrax.BacksolveAdjoint())
-    return "works", "solved"
-
-
-@case
-def backsolve_grad_kernel_ode():
-    return _grad_check(_kernel_problem, diffrax.Tsit5())
-
-
-@case
-def backsolve_grad_kernel_closed_form():
-    return _grad_check(_kernel_problem, None)
-
-
-@case
-def backsolve_grad_scheduled_ode():
-    return _grad_check(lambda lr: _scheduled(lr, exact=False), diffrax.Tsit5())
-
-
-@case
-def implicit_adjoint_kernel_ode():
-    sol = nk.solve(_kernel_problem(), diffrax.Tsit5(), adjoint=diffrax.ImplicitAdjoint())
-    return "silent", f"accepted (a steady-state adjoint on a finite horizon): {sol.result}"
-
-
-# ---------------------------------------------------------------- 2. events
-
-
-def _loss_event(level):
-    return diffrax.Event(lambda t, y, args, **kw: nk.losses.mse(y[0], DATA.y_train) - level)
-
-
-@case
-def event_gradient_flow():
-    p = nk.GradientFlowProblem(MODEL, DATA, tspan=(0.0, 2.0))
-    full = nk.solve(p, saveat=5)
-    _, static = eqx.partition(MODEL, eqx.is_inexact_array)
-    level = float(full.train_loss[2])
-
-    def cond(t, y, args, **kw):
-        return nk.losses.mse(jax.vmap(eqx.combine(y, static))(DATA.x_train), DATA.y_train) - level
-
-    sol = nk.solve(p, saveat=5, event=diffrax.Event(cond))
-    finite = bool(np.all(np.isfinite(np.asarray(sol.t)))) and bool(
-        np.all(np.isfinite(np.asarray(sol(1.5).train)))
+def cli(args, timeout=120):
+    env = dict(os.environ)
+    p = subprocess.run(
+        [sys.executable, "-m", "ntkode", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
-    recorded = getattr(sol, "event_time", None) is not None
-    verdict = "works" if finite and recorded and sol.success else "silent"
-    return verdict, f"t={np.asarray(sol.t)}, success={sol.success}, sol(1.5) finite={finite}"
+    return p
 
 
-@case
-def event_kernel_closed_form():
-    p = _kernel_problem()
-    level = 0.5 * float(nk.losses.mse(p.u0_train, DATA.y_train))
-    sol = nk.solve(p, saveat=5, event=_loss_event(level))
-    end = float(sol.summary()["final_train_loss"])
-    verdict = "works" if abs(end - level) < 1e-9 else "silent"
-    return verdict, f"final loss {end:.4g} vs level {level:.4g}"
+def cli_case(name, args, expect, timeout=120):
+    if ONLY not in name:
+        return
+    try:
+        p = cli(args, timeout)
+    except subprocess.TimeoutExpired:
+        rows.append((name, "silent", f"no error within {timeout} s (the study ran)"))
+        return
+    err = p.stderr.strip()
+    if "Traceback" in err:
+        last = err.splitlines()[-1]
+        rows.append((name, "traceback", last[:150]))
+    elif p.returncode != 0 and expect.lower() in err.lower():
+        rows.append((name, "clear", err.splitlines()[-1][:150]))
+    elif p.returncode == 0:
+        rows.append(
+            (name, "silent", "exit 0: " + (p.stdout.strip().splitlines() or [""])[-1][:120])
+        )
+    else:
+        rows.append((name, "traceback", err[-150:]))
 
 
-@case
-def event_scheduled_exact():
-    p = _scheduled()
-    level = 0.5 * float(nk.losses.mse(p.u0_train, DATA.y_train))
-    sol = nk.solve(p, saveat=5, event=_loss_event(level))
-    end = float(sol.summary()["final_train_loss"])
-    verdict = "works" if abs(end - level) < 1e-9 else "silent"
-    return verdict, f"final loss {end:.4g} vs level {level:.4g}"
-
-
-# ---------------------------------------------------------------- 3. cross-entropy
-
-
-def _labels():
-    x = jax.random.normal(jax.random.key(7), (20, 3))
-    return x, jnp.arange(20) % 10
-
-
-@case
-def ce_integer_labels_ten_outputs():
-    x, labels = _labels()
-    model = eqx.nn.MLP(3, 10, 16, 1, activation=jnp.tanh, key=jax.random.key(1))
-    p = nk.GradientFlowProblem(model, nk.Dataset(x, labels), loss="cross_entropy")
-    loss0 = float(nk.solve(p, saveat=2).train_loss[0])
-    return ("works" if 1.5 < loss0 < 3.5 else "silent"), f"initial loss {loss0:.4g}"
-
-
-@case
-def ce_integer_labels_one_output():
-    x, labels = _labels()
-    model = eqx.nn.MLP(3, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(1))
-    p = nk.GradientFlowProblem(model, nk.Dataset(x, labels), loss="cross_entropy")
-    return "silent", f"loss {np.asarray(nk.solve(p, saveat=2).train_loss)}"
-
-
-@case
-def ce_real_targets():
-    x, _ = _labels()
-    model = eqx.nn.MLP(3, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(1))
-    p = nk.GradientFlowProblem(model, nk.Dataset(x, jnp.sin(x[:, 0])), loss="cross_entropy")
-    return "silent", f"loss {np.asarray(nk.solve(p, saveat=2).train_loss)}"
-
-
-# ---------------------------------------------------------------- 4. silently accepted
-
-
-@case
-def non_psd_kernel():
-    bad = KERNEL[:, :, 0, 0] - 2.0 * jnp.eye(8)
-    sol = nk.solve(nk.KernelFlowProblem(bad, DATA, tspan=(0.0, 50.0)), saveat=3)
-    return "silent", f"loss {float(sol.train_loss[0]):.3g} -> {float(sol.train_loss[-1]):.3g}"
-
-
-@case
-def compare_different_data():
-    other = nk.Dataset(DATA.x_train, -DATA.y_train, DATA.x_test, DATA.y_test)
-    a = nk.solve(_kernel_problem(), saveat=5)
-    b = nk.solve(nk.KernelFlowProblem(KERNEL, other, tspan=(0.0, 2.0)), saveat=5)
-    nk.compare(a, b)
-    return "silent", "compared"
-
-
-@case
-def certify_negative_learning_rate():
-    c = nk.certify(_grid(), -1.0)
-    return "silent", f"accepted: certified rate {float(c.rate):.3g}"
-
-
-@case
-def rtol_beside_controller():
-    sol = nk.solve(
-        _kernel_problem(),
-        diffrax.Tsit5(),
-        rtol=1e-3,
-        stepsize_controller=diffrax.PIDController(1e-4, 1e-6),
+tmp = tempfile.mkdtemp()
+afile = os.path.join(tmp, "file")
+open(afile, "w").write("x")
+for command in ("compare", "widths", "closure", "mkl"):
+    cli_case(f"ntkode {command} --out <a file>", [command, "--quick", "--out", afile], "--out")
+    cli_case(
+        f"ntkode {command} --out <under a file>",
+        [command, "--quick", "--out", os.path.join(afile, "x")],
+        "--out",
     )
-    return "silent", f"rtol dropped: {sol.result}"
+cli_case("ntkode closure --width 0", ["closure", "--quick", "--width", "0", "--out", tmp], "width")
+cli_case(
+    "ntkode mkl --folds 1",
+    ["mkl", "--quick", "--datasets", "iris", "--folds", "1", "--out", tmp],
+    "folds",
+)
+cli_case(
+    "ntkode widths --seeds 0",
+    ["widths", "--quick", "--seeds", "0", "--out", tmp],
+    "seeds",
+    timeout=300,
+)
+cli_case("ntkode compare --t-end -1", ["compare", "--t-end", "-1", "--out", tmp], "t-end")
+cli_case("ntkode closure --steps -1", ["closure", "--steps", "-1", "--out", tmp], "steps")
 
 
-@case
-def ntk_inputs_that_broadcast():
-    k = nk.ntk(MODEL, DATA.x_train[:, :, None])
-    return "silent", f"kernel of shape {k.shape}"
+def quick_keeps(args, module, key, value):
+    # The study records its settings: does --quick keep the explicit value?
+    out = tempfile.mkdtemp()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ntkode", *args, "--out", out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = p.stdout.readline() + p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    try:
+        p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    return value in first
 
 
-# ---------------------------------------------------------------- 5. solver objects
+for flag, val, text in (
+    ("--width", "32", "->32x"),
+    ("--n-train", "40", "n_train=40"),
+    ("--t-end", "3", "[0, 3.0]"),
+):
+    case(
+        f"ntkode compare --quick {flag} {val}",
+        lambda flag=flag, val=val, text=text: quick_keeps(
+            ["compare", "--quick", "--no-progress", flag, val], None, None, text
+        ),
+        check=lambda kept: kept,
+    )
 
-
-@case
-def solver_as_a_string():
-    nk.solve(_kernel_problem(), "tsit5")
-    return "silent", "accepted"
-
-
-@case
-def solver_as_a_class():
-    nk.solve(_kernel_problem(), diffrax.Tsit5)
-    return "silent", "accepted"
-
-
-@case
-def euler_without_dt0():
-    nk.solve(_kernel_problem(), diffrax.Euler())
-    return "silent", "accepted"
-
-
-# ---------------------------------------------------------------- 6. jit
-
-
-@case
-def jit_build_and_solve_kernel():
-    f = lambda lr: nk.solve(_kernel_problem(lr), diffrax.Tsit5(), saveat=3).train_loss[-1]
-    got = float(jax.jit(f)(1.0))
-    return ("works" if abs(got - float(f(1.0))) < 1e-9 else "silent"), f"{got:.6g}"
-
-
-@case
-def jit_vmap_grad_build_and_solve_true_flow():
-    def f(lr):
-        p = nk.GradientFlowProblem(MODEL, DATA, tspan=(0.0, 2.0), learning_rate=lr)
-        return nk.solve(p, saveat=3).train_loss[-1]
-
-    got = np.asarray(jax.jit(jax.vmap(jax.grad(f)))(jnp.array([0.5, 1.0])))
-    fd = (float(f(1.0 + 1e-5)) - float(f(1.0 - 1e-5))) / 2e-5
-    return ("works" if abs(got[1] - fd) < 1e-5 else "silent"), f"{got} (fd at 1.0: {fd:.6g})"
-
-
-# ---------------------------------------------------------------- the earlier foundation checks
-
-
-@case
-def data_with_nan():
-    x = np.ones((4, 2))
-    x[1, 0] = np.nan
-    nk.Dataset(x, np.zeros(4))
-    return "silent", "accepted"
-
-
-@case
-def learning_rate_negative():
-    nk.solve(_kernel_problem(lr=-1.0))
-    return "silent", "accepted"
-
-
-@case
-def tspan_reversed():
-    nk.KernelFlowProblem(KERNEL, DATA, tspan=(1.0, 0.0))
-    return "silent", "accepted"
-
-
-@case
-def unknown_loss():
-    nk.GradientFlowProblem(MODEL, DATA, loss="hinge")
-    return "silent", "accepted"
-
-
-@case
-def model_input_size_mismatch():
-    nk.GradientFlowProblem(eqx.nn.MLP(5, 1, 8, 1, key=jax.random.key(0)), DATA)
-    return "silent", "accepted"
-
-
-@case
-def saveat_outside_tspan():
-    sol = nk.solve(_kernel_problem(), saveat=jnp.array([0.0, 3.0]))
-    return "silent", f"t = {np.asarray(sol.t)}"
-
-
-@case
-def kernel_with_wrong_size():
-    nk.KernelFlowProblem(jnp.eye(5), DATA)
-    return "silent", "accepted"
-
-
-@case
-def max_steps_exhausted_with_throw():
-    p = nk.GradientFlowProblem(MODEL, DATA, tspan=(0.0, 2.0))
-    nk.solve(p, max_steps=2, throw=True)
-    return "silent", "no error"
-
-
-# ---------------------------------------------------------------- the CLIs
-
-
-def _cli(argv):
-    from ntkode.studies import _cli
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = _cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    return code, lines
-
-
-def _cli_case(argv, bad_when_ok="silent"):
-    code, lines = _cli(argv)
-    if code == 0:
-        return bad_when_ok, "exit 0"
-    if any("Traceback" in line for line in lines) or len(lines) > 3:
-        return "traceback", lines[-1] if lines else f"exit {code}"
-    return "clear", lines[-1] if lines else f"exit {code}"
-
-
-def _out_is_a_file(command):
-    def run():
-        with tempfile.NamedTemporaryFile() as f:
-            return _cli_case([command, "--quick", "--out", f.name])
-
-    run.__name__ = f"cli_{command}_out_is_a_file"
-    CASES[run.__name__] = run
-
-
-for _command in ("compare", "widths", "closure", "mkl"):
-    _out_is_a_file(_command)
-
-
-@case
-def cli_widths_seeds_zero():
-    with tempfile.TemporaryDirectory() as d:
-        return _cli_case(["widths", "--seeds", "0", "--widths", "8", "--t-end", "0.1",
-                          "--n-train", "4", "--n-test", "4", "--out", d])  # fmt: skip
-
-
-@case
-def cli_mkl_folds_one():
-    with tempfile.TemporaryDirectory() as d:
-        return _cli_case(["mkl", "--quick", "--datasets", "iris", "--folds", "1", "--out", d])
-
-
-@case
-def cli_closure_width_zero():
-    with tempfile.TemporaryDirectory() as d:
-        return _cli_case(["closure", "--quick", "--width", "0", "--out", d])
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", nargs="*")
-    args = parser.parse_args(argv)
-    for name, fn in CASES.items():
-        if args.only and name not in args.only:
-            continue
-        try:
-            verdict, detail = fn()
-        except Exception as err:  # classify, never stop
-            first = (str(err).strip().splitlines() or [""])[0]
-            long = len(str(err).strip().splitlines()) > 3
-            kind = type(err).__name__
-            verdict = "traceback" if long or kind not in ("ValueError", "TypeError") else "clear"
-            detail = f"{kind}: {first[:160]}"
-            if os.environ.get("TALLY_TRACE"):
-                traceback.print_exc()
-        detail = " ".join(str(detail).split())
-        print(f"{name:<42} {verdict:<10} {detail[:200]}", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+for name, outcome, detail in rows:
+    print(f"{name} | {outcome} | {detail}", flush=True)
