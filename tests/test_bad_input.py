@@ -18,7 +18,9 @@ def setup():
 def test_model_data_shape_mismatch(setup):
     model, data = setup
     wrong_in = eqx.nn.MLP(5, 1, 8, 1, key=jax.random.key(0), dtype=jnp.float64)
-    with pytest.raises(ValueError, match="could not be applied to one example of `x_train`"):
+    with pytest.raises(
+        ValueError, match=r"`x_train` examples have shape \(3,\) but the model .* of shape \(5,\)"
+    ):
         nk.GradientFlowProblem(wrong_in, data)
     wrong_out = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0), dtype=jnp.float64)
     with pytest.raises(ValueError, match="2 output.*`y_train` have 1"):

@@ -72,15 +72,7 @@ def test_readme_examples_run(tmp_path):
     assert len(blocks) >= 2
     script = tmp_path / "readme.py"
     script.write_text("\n\n".join(blocks))
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_python(script, tmp_path)
     assert "frozen" in proc.stdout  # the comparison table was printed
 
 
@@ -97,15 +89,20 @@ def test_cli_rejects_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script, tmp_path):
+    _run_python(script, tmp_path)
+
+
+def _run_python(script, cwd) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
         text=True,
         env=_env(),
-        cwd=tmp_path,
+        cwd=cwd,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_study_argument_errors_are_one_line(tmp_path):

@@ -346,6 +346,27 @@ def test_scheduled_events_on_the_ode_path_and_a_sentence_on_the_exact_path(setup
         np.testing.assert_allclose(sol.summary()["final_train_loss"], 0.2, rtol=1e-10)
 
 
+def test_closed_form_event_keeps_the_closed_forms_own_result(setup):
+    # The shared closed-form path (ntkode/_core/_exact.py) that every exact solver uses: an
+    # event turns a successful closed form into `event_occurred`, and never hides a closed
+    # form's own failure (e.g. an approximate basis that missed its tolerance).
+    from ntkode._core._exact import exact_solution
+
+    problem, _ = _problem("kernel_exact", setup, 1.0)
+    event = diffrax.Event(_loss_below(0.2, setup["data"]))
+    options = nk.SolveOptions(saveat=5, event=event).resolve(problem)
+    ok = exact_solution(problem, problem._exact_outputs, options, "kernel")
+    assert ok.retcode == nk.RESULTS.event_occurred and 0.0 < float(ok.t_stop) < T_END
+    bad = exact_solution(
+        problem, problem._exact_outputs, options, "kernel", result=nk.RESULTS.not_converged
+    )
+    assert bad.retcode == nk.RESULTS.not_converged and not bad.success
+    # It stopped at the same place; past the stop, a failed solve holds NaN, not values.
+    np.testing.assert_array_equal(bad.t_stop, ok.t_stop)
+    past = ~np.asarray(bad.saved)
+    assert past.any() and np.all(np.isnan(np.asarray(bad.train)[past]))
+
+
 # ---------------------------------------------------------------- 3. cross-entropy targets
 
 

@@ -34,7 +34,13 @@ _BRACKET_POINTS = 256
 _BISECTIONS = 64
 
 
-def exact_solution(problem: Any, outputs_at: OutputsAt, options: ResolvedOptions, kind: str):
+def exact_solution(
+    problem: Any,
+    outputs_at: OutputsAt,
+    options: ResolvedOptions,
+    kind: str,
+    result: RESULTS = RESULTS.successful,
+):
     """The [`ntkode.Solution`][] of a closed-form flow, stopped by `options.event` if given.
 
     **Arguments:**
@@ -43,14 +49,18 @@ def exact_solution(problem: Any, outputs_at: OutputsAt, options: ResolvedOptions
     - `outputs_at`: the exact flow at any times, `ts -> (u, us, du, dus)`.
     - `options`: the resolved solve options (save times, event).
     - `kind`: the solution's label.
+    - `result`: the closed form's own result code (e.g. an approximate basis that missed its
+      tolerance); an event that fires on a successful closed form makes it
+      `RESULTS.event_occurred`, a failure is kept.
     """
     ts = options.ts
     t0, t1 = problem.t0.astype(ts.dtype), problem.t1.astype(ts.dtype)
     if options.event is None:
-        t_stop, result = t1, RESULTS.successful
+        t_stop = t1
     else:
         t_stop, fired = locate_event(options.event, outputs_at, problem.learning_rate, t0, t1, ts)
-        result = RESULTS.where(fired, RESULTS.event_occurred, RESULTS.successful)
+        ok = result == RESULTS.successful
+        result = RESULTS.where(fired & ok, RESULTS.event_occurred, result)
     u, us, du, dus = outputs_at(jnp.concatenate([ts, t_stop[None]]))
     final = (t_stop, u[-1], us[-1], du[-1], dus[-1])
     return make_solution(

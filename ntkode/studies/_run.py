@@ -284,7 +284,8 @@ def _interrupted(command: str) -> None:
         if record.out is not None:
             write_json(record.path, record.payload("interrupted"))
             lines.append(f"{len(record.parts)} finished part(s) saved in {record.path}")
-    what = "; ".join(lines) if lines else "nothing was finished yet"
+    # A study that keeps its own checkpoints (rather than a `StudyRecord`) resumes from them.
+    what = "; ".join(lines) if lines else "no study record was open"
     print(
         f"\nntkode {command}: interrupted; {what}. Rerun the same command to resume.",
         file=sys.stderr,
