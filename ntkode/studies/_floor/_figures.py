@@ -66,7 +66,9 @@ def plot_flips(result: dict[str, Any], path: str) -> None:
         ylabel="pairs flipping per unit time (fraction)",
         title=f"ReLU sine: pairs whose sign flips (means over bins of {T / bins:g})",
     )
-    ax.legend(ncol=2, loc="lower right")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 12)  # room above the data for the legend
+    ax.legend(ncol=3, loc="upper center")
     lags = sorted(pats["fine_window_flip_rate"], key=float)
     x = [float(k) for k in lags]
     for layer in range(len(pats["fine_window_flip_rate"][lags[0]])):
