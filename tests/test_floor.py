@@ -238,6 +238,83 @@ def test_save_times_and_bad_arguments():
         floor_study(soft_betas=(math.inf,), out=None)
 
 
+# ---------------------------------------------------------------- the summary
+
+
+def _record(point, mean_jacobian, excess):
+    """A minimal floor-study record: train errors per G of two constructions, and the ReLU
+    velocity excess (the smooth sweep entry has none)."""
+    grid = lambda errs: {str(g): {"train_error": e} for g, e in errs.items()}
+    return {
+        "settings": dict(
+            rtol=1e-5,
+            loose_rtol=1e-4,
+            sample_dt=0.1,
+            chatter_flips=4,
+            t_end=50.0,
+            centred=True,
+            window=0.5,
+        ),  # fmt: skip
+        "truth": {
+            "uncertainty_train": 0.02,
+            "uncertainty_test": 0.03,
+            "reference": {"steps": 10},
+            "loose": {"steps": 5},
+        },  # fmt: skip
+        "grids": {
+            "point": grid(point),
+            "mean_kernel": grid(point),
+            "mean_jacobian": grid(mean_jacobian),
+        },  # fmt: skip
+        "patterns": {
+            "mean_flip_rate": {"0.1": [0.001, 0.03]},
+            "fine_window_flip_rate": {"0.0125": [0.005, 0.2], "0.1": [0.001, 0.03]},
+            "fine_window": [20.0, 21.0],
+            "pinned_ratio": [0.01, 0.04],
+            "flips_by_chattering_pairs": [0.8, 0.9],
+            "pairs_chattering": [0.001, 0.04],
+        },
+        "kernel_motion": {"jump": [0.012], "drift": [0.003], "lag_delta": 0.1, "lag_drift": 2.0},
+        "jump_vs_lag": {"lag": [0.0125, 5.0], "change": [0.011, 0.19]},
+        "velocity_excess": {"median": excess},
+        "sweep": {
+            "4": {
+                "errors": {"8": {"train_error": 0.013}, "32": {"train_error": 0.003}},
+                "uncertainty_train": 0.01,
+                "velocity_excess": -0.001,
+            },
+            "inf": {
+                "errors": {"8": {"train_error": point[8]}, "32": {"train_error": point[32]}},
+                "uncertainty_train": 0.02,
+                "velocity_excess": excess,
+            },
+        },  # fmt: skip
+    }
+
+
+def test_summary_claims_follow_the_numbers():
+    from ntkode.studies._floor._study import summarise
+
+    floor = {2: 0.17, 8: 0.044, 32: 0.041}
+    text = " ".join(summarise(_record(floor, {2: 0.16, 8: 0.031, 32: 0.006}, 0.12)))
+    assert "a floor." in text and "What explains the floor" in text
+    assert "6.8× closer" in text  # 4.10% / 0.60%, quoted from the record
+    assert "the pairs chatter" in text
+    assert "At β = 4 the G = 32 grid is closer to the reference" in text
+    # Without a velocity excess, or without a remedy that converges, no explanation is claimed.
+    for record in (
+        _record(floor, {2: 0.16, 8: 0.031, 32: 0.006}, 0.0005),
+        _record(floor, {2: 0.16, 8: 0.040, 32: 0.035}, 0.12),
+    ):
+        text = " ".join(summarise(record))
+        assert "does not support the sliding-mode explanation" in text
+        assert "What explains the floor" not in text
+    converging = " ".join(summarise(_record({2: 0.17, 8: 0.04, 32: 0.004},
+                                            {2: 0.16, 8: 0.03, 32: 0.001}, 0.12)))  # fmt: skip
+    assert "no floor at these sizes" in converging
+    assert "does not support" in converging
+
+
 # ---------------------------------------------------------------- end to end
 
 

@@ -25,6 +25,16 @@ def _truth_band(ax, result, key="uncertainty_train") -> None:
     ax.axhline(value, color="k", ls="--", lw=1, label=f"truth's uncertainty ({value:.2%})")
 
 
+def _percent_log(ax) -> None:
+    """Label a logarithmic error axis in percent at 1, 2 and 5 of each decade (readable where
+    the data span less than a decade)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _binned(t, values, bins: int):
     """Means of `values` over `bins` equal bins of `t` (the bins' centres and means)."""
     t, values = np.asarray(t, float), np.asarray(values, float)
@@ -56,7 +66,9 @@ def plot_flips(result: dict[str, Any], path: str) -> None:
         ylabel="pairs flipping per unit time (fraction)",
         title=f"ReLU sine: pairs whose sign flips (means over bins of {T / bins:g})",
     )
-    ax.legend(ncol=2, loc="lower right")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 12)  # room above the data for the legend
+    ax.legend(ncol=3, loc="upper center")
     lags = sorted(pats["fine_window_flip_rate"], key=float)
     x = [float(k) for k in lags]
     for layer in range(len(pats["fine_window_flip_rate"][lags[0]])):
@@ -147,6 +159,7 @@ def plot_error_vs_time(result: dict[str, Any], path: str) -> None:
                         label=f"G = {G} ({rows[G][part + '_error']:.2%})")  # fmt: skip
         ax.semilogy(unc["t"][1:], unc[part][1:], "k--", lw=1.2,
                     label=f"truth at two rtols ({max(unc[part]):.2%})")  # fmt: skip
+        _percent_log(ax)
         star = "" if part == "train" else "*"
         ax.set(
             xlabel="training time t",
@@ -176,9 +189,10 @@ def plot_sweep(result: dict[str, Any], path: str) -> None:
     ax.loglog(x, [sweep[n]["uncertainty_train"] for n in names], "k^:",
               label="truth at two rtols, train")  # fmt: skip
     centred = " − log 2/β" if result["settings"]["centred"] else ""
+    _percent_log(ax)
     ax.set(
         xlabel="gate sharpness β",
-        ylabel="max relative trajectory error",
+        ylabel="max relative train / test trajectory error",
         title=f"softplus(βx)/β{centred} → ReLU: point-sampled grids",
     )
     bx.semilogx(x, [100 * sweep[n]["velocity_excess"] for n in names], "o-", color="C3",
@@ -224,6 +238,8 @@ def plot_remedies(result: dict[str, Any], path: str) -> None:
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(g) for g in sizes])
     ax.minorticks_off()
+    _percent_log(ax)
+    _percent_log(bx)
     ax.set(xlabel="grid size G", ylabel="max relative train error",
            title="ReLU sine: kernel constructions vs G")  # fmt: skip
     bx.set(xlabel="training time t", ylabel="relative train error",

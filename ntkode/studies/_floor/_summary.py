@@ -115,10 +115,18 @@ def sentences(result: dict[str, Any]) -> list[str]:
             gain = {b: r["errors"][lo]["train_error"] / r["errors"][hi]["train_error"]
                     for b, r in sweep.items()}  # fmt: skip
             out.append(
-                f"From G = {lo} to G = {hi} the error falls by "
-                + ", ".join(f"{v:.1f}× (β = {b})" for b, v in gain.items())
+                f"The G = {lo} error divided by the G = {hi} error: "
+                + ", ".join(f"{v:.1f} (β = {b})" for b, v in gain.items())
                 + "."
             )
+            below = [b for b, r in sweep.items()
+                     if r["errors"][hi]["train_error"] < r["uncertainty_train"]]  # fmt: skip
+            if below:
+                out.append(
+                    f"At β = {', '.join(below)} the G = {hi} grid is closer to the reference "
+                    "truth than the looser true flow is: the gap between the two tolerances "
+                    "is not a lower limit on the errors this comparison resolves."
+                )
     out += _remedy_sentences(result, ve, sweep, floor)
     return out
 
