@@ -105,6 +105,7 @@ _STUDY_NAMES = (
     "ClosureCNN",
     "closure_study",
     "compare_study",
+    "control_study",
     "iou",
     "mkl_compare",
     "mkl_study",

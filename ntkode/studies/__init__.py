@@ -7,6 +7,7 @@ them with `pip install "ntkode[studies]"`.
 
 from ._closure._study import ClosureCNN as ClosureCNN, closure_study as closure_study, iou as iou
 from ._compare._study import compare_study as compare_study
+from ._control._study import control_study as control_study
 from ._mkl._study import mkl_compare as mkl_compare, mkl_study as mkl_study
 from ._problems import sine_problem as sine_problem
 from ._transfer import transfer_study as transfer_study

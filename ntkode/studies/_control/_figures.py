@@ -117,9 +117,9 @@ def plot(result: dict[str, Any], path: str) -> None:
     )
     ax_loss.legend(loc="lower left", ncol=1)
     ax_eta.set(xlabel="step k", ylabel="η_k", title="(b) learning rate used on the network")
-    ax_eta.set_yscale("log")
+    ax_eta.set_ylim(bottom=0)
     ax_stab.axhline(2.0, color="k", lw=0.8, ls=":")
-    ax_stab.set_yscale("log")
+    ax_stab.set_ylim(0, 6)
     ax_stab.set(
         xlabel="step k",
         ylabel="η_k λ_max / n",
