@@ -19,7 +19,7 @@ FULL = {
     "n_train": 128,
     "n_test": 128,
     "steps": 400,
-    "design_iterations": 60,
+    "design_iterations": 40,
     "segment": 50,
 }
 QUICK = {
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="constant rates of the grid search (default 12 log-spaced in [0.02, 1.5])",
     )
     parser.add_argument(
-        "--design-iterations", type=int, default=None, help="default 60 (--quick: 5)"
+        "--design-iterations", type=int, default=None, help="default 40 (--quick: 5)"
     )
     parser.add_argument(
         "--segment",
