@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 
 from ..._plot import pyplot
-from ._study import BASELINES, DESIGNED
+from ._summary import BASELINES, DESIGNED
 
 LABELS = {
     "inverse_sharpness": "1.9 n/λ_max(Θ(s)) [cert.]",

@@ -31,7 +31,6 @@ The linear model only describes training inside the stability limit: the constan
 where the two part.
 """
 
-import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,19 +60,7 @@ from ..._scheduled._problem import ScheduleRangeWarning
 from ..._scheduled._schedule import LossLevel
 from .._problems import sine_problem
 from .._run import StudyRecord
-
-#: Policies designed on the surrogate, then the baselines found on the network.
-DESIGNED = ("inverse_sharpness", "designed", "designed_uncertified", "warmup_inverse_sharpness")
-BASELINES = ("best_constant", "best_certified_constant", "cosine")
-CERTIFIED = {
-    "inverse_sharpness": True,
-    "designed": True,
-    "designed_uncertified": False,
-    "warmup_inverse_sharpness": False,
-    "best_constant": False,
-    "best_certified_constant": True,
-    "cosine": False,
-}
+from ._summary import best_rate, summarise
 
 
 def lambda_max(model: Any, x) -> float:
@@ -138,17 +125,6 @@ def reference_grid(
         "reference_lambda_max_over_n": [lam / n for lam in lams],
     }
     return grid, info
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    """The median, `None` (never reached) counting as larger than every number."""
-    keyed = sorted(values, key=lambda v: (v is None, 0.0 if v is None else v))
-    if not keyed:
-        return None
-    mid = keyed[(len(keyed) - 1) // 2 : len(keyed) // 2 + 1]
-    if any(v is None for v in mid):
-        return None
-    return float(statistics.mean(mid))
 
 
 def _relative_curve_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -248,6 +224,21 @@ def evaluate(
     return row, curves
 
 
+def evaluate_into(
+    rows: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    plant: Plant,
+    policies: dict[str, AbstractLearningRatePolicy],
+    steps: int,
+    save: Sequence[int],
+    window: int | None = None,
+) -> None:
+    """`evaluate` each of `policies`, adding its row and its curves (`"name.curve"`)."""
+    for name, policy in policies.items():
+        rows[name], curves = evaluate(plant, policy, steps, save, window)
+        arrays.update({f"{name}.{k}": v for k, v in curves.items()})
+
+
 def constant_map(
     plant: Plant, rates: Sequence[float], steps: int, save: Sequence[int]
 ) -> list[dict[str, Any]]:
@@ -306,22 +297,6 @@ def designed_policies(
         }
         out[name] = (d.policy, design)
     return out
-
-
-def _best(
-    candidates: dict[float, list[dict[str, Any]]], key: str = "steps_to_target_network"
-) -> float:
-    """The rate with the fewest median steps to target (then the lowest median final loss)."""
-
-    def score(rows):
-        med = _median([r[key] for r in rows])
-        final = statistics.median(
-            r["final_train_loss_network"] if np.isfinite(r["final_train_loss_network"]) else 1e300
-            for r in rows
-        )
-        return (med is None, med or 0.0, final)
-
-    return min(candidates, key=lambda eta: score(candidates[eta]))
 
 
 def control_study(
@@ -417,11 +392,10 @@ def control_study(
         )
         log(f"  constant-rate map: {len(rates)} rates on the network and the surrogate")
         cmap = constant_map(p, rates, steps, save)
-        rows, arrays, designs = {}, {}, {}
-        for name, (policy, design) in designed_policies(p, settings, log).items():
-            rows[name], curves = evaluate(p, policy, steps, save)
-            designs[name] = design
-            arrays.update({f"{name}.{k}": v for k, v in curves.items()})
+        rows, arrays = {}, {}
+        made = designed_policies(p, settings, log)
+        evaluate_into(rows, arrays, p, {k: v[0] for k, v in made.items()}, steps, save)
+        designs = {k: v[1] for k, v in made.items()}
         record.put(
             key,
             {"seed": seed, **p.info, "constant_map": cmap, "policies": rows, "designs": designs},
@@ -432,11 +406,11 @@ def control_study(
     # The grid search on the network, over every seed.
     by_rate = {eta: [record.get(f"seed{s}")["constant_map"][i] for s in seeds]
                for i, eta in enumerate(rates)}  # fmt: skip
-    best = _best(by_rate)
+    best = best_rate(by_rate)
     certified_rates = {
         eta: rows for eta, rows in by_rate.items() if all(r["certified"] for r in rows)
     }
-    best_certified = _best(certified_rates) if certified_rates else None
+    best_certified = best_rate(certified_rates) if certified_rates else None
 
     # Phase 2, per seed: the baselines and the warm-up (which start from the search's best).
     for seed in seeds:
@@ -446,8 +420,8 @@ def control_study(
         log(f"seed {seed}: baselines (best constant η = {best:.3g}) and the warm-up")
         p = plant(seed)
         # The largest constant rate certified until the target: on the surrogate a larger
-        # certified rate is never slower on the slow modes, and the map confirms it on the
-        # network (steps fall with η up to the cap).
+        # certified rate contracts the slow modes faster (the constant-rate map shows
+        # whether the network agrees).
         cap_rate = p.cap
         sharp = InverseSharpness.from_grid(p.surrogate.grid, c_max, LossLevel())
         policies = {
@@ -456,15 +430,12 @@ def control_study(
             "warmup_inverse_sharpness": Switched(Constant(best), sharp, at=warmup),
         }
         rows, arrays = {}, {}
-        for name, policy in policies.items():
-            rows[name], curves = evaluate(p, policy, steps, save)
-            arrays.update({f"{name}.{k}": v for k, v in curves.items()})
+        evaluate_into(rows, arrays, p, policies, steps, save)
         # The certified constant is slow: it gets a longer horizon, so that its steps to
         # the target are measured rather than censored at K.
         long = int(settings["baseline_horizon"]) * steps
-        name = "best_certified_constant"
-        rows[name], curves = evaluate(p, Constant(cap_rate), long, [*save, long], window=steps)
-        arrays.update({f"{name}.{k}": v for k, v in curves.items()})
+        certified = {"best_certified_constant": Constant(cap_rate)}
+        evaluate_into(rows, arrays, p, certified, long, [*save, long], window=steps)
         record.put(key, {"seed": seed, "policies": rows}, arrays=arrays)
         arrays_of[key] = arrays
 
@@ -479,107 +450,6 @@ def control_study(
         for s in seeds
     }
     return result
-
-
-def summarise(
-    record: StudyRecord,
-    seeds: list[int],
-    rates: list[float],
-    best: float,
-    best_certified: float | None,
-    settings: dict[str, Any],
-) -> dict[str, Any]:
-    """Medians over seeds per policy, the constant-rate map, and the issue's target figures."""
-    first = [record.get(f"seed{s}") for s in seeds]
-    second = [record.get(f"seed{s}-baselines") for s in seeds]
-    rows_of = {name: [p["policies"][name] for p in first] for name in DESIGNED[:3]}
-    rows_of.update({name: [p["policies"][name] for p in second] for name in second[0]["policies"]})
-    policies = {}
-    for name in (*DESIGNED, *BASELINES):
-        rows = rows_of[name]
-        policies[name] = {
-            "certified": CERTIFIED[name],
-            "steps_to_target_network": _median([r["steps_to_target_network"] for r in rows]),
-            "steps_to_target_surrogate": _median([r["steps_to_target_surrogate"] for r in rows]),
-            "final_train_loss_network": statistics.median(
-                r["final_train_loss_network"] for r in rows
-            ),
-            "final_test_loss_network": statistics.median(
-                r["final_test_loss_network"] for r in rows
-            ),
-            "final_train_loss_surrogate": statistics.median(
-                r["final_train_loss_surrogate"] for r in rows
-            ),
-            "diverged": any(r["diverged"] for r in rows),
-            "prediction_error": max(r["prediction_error"] for r in rows),
-            "certificate_fraction_held_network": min(
-                r["certificate_network"]["fraction_held"] for r in rows
-            ),
-            "certificate_fraction_held_surrogate": min(
-                r["certificate_surrogate"]["fraction_held"] for r in rows
-            ),
-            "lambda_max_over_n_network": [
-                statistics.median(v) for v in zip(*(r["lambda_max_over_n_network"] for r in rows))
-            ],
-            "sharpness_steps": rows[0]["sharpness_steps"],
-            "steps_to_target_by_seed": [r["steps_to_target_network"] for r in rows],
-            "eta": {str(s): r["eta"] for s, r in zip(seeds, rows, strict=True)},
-        }
-    cmap = [
-        {
-            "eta": eta,
-            "certified_on_every_seed": all(p["constant_map"][i]["certified"] for p in first),
-            "steps_to_target_network": _median(
-                [p["constant_map"][i]["steps_to_target_network"] for p in first]
-            ),
-            "steps_to_target_surrogate": _median(
-                [p["constant_map"][i]["steps_to_target_surrogate"] for p in first]
-            ),
-            "diverged": any(p["constant_map"][i]["diverged"] for p in first),
-            "diverged_surrogate": any(p["constant_map"][i]["diverged_surrogate"] for p in first),
-        }
-        for i, eta in enumerate(rates)
-    ]
-
-    def steps(name):
-        v = policies[name]["steps_to_target_network"]
-        return float("inf") if v is None else v
-
-    def ratio(a, b):
-        """`steps(a) / steps(b)`, or `None` where either never reached the target."""
-        return steps(a) / steps(b) if np.isfinite(steps(a)) and np.isfinite(steps(b)) else None
-
-    certified_designed = [n for n in DESIGNED if CERTIFIED[n]]
-    best_designed = min(certified_designed, key=steps)
-    overall = min(DESIGNED, key=steps)
-    bc = policies["best_constant"]
-    return {
-        "policies": policies,
-        "constant_map": cmap,
-        "grid_search": {
-            "rates": rates,
-            "network_runs": len(rates) * len(seeds),
-            "best_constant_eta": best,
-            "best_certified_constant_eta": [record.get(f"seed{s}")["certified_cap"] for s in seeds],
-            "best_certified_grid_eta": best_certified,
-        },
-        "targets": {
-            "certified_ratio": ratio(best_designed, "best_certified_constant"),
-            "certified_policy": best_designed,
-            "prediction_error_certified": max(
-                policies[n]["prediction_error"]
-                for n in (*certified_designed, "best_certified_constant")
-            ),
-            "overall_ratio": ratio(overall, "best_constant"),
-            "overall_policy": overall,
-            "catapult_lambda_max_over_n": dict(
-                zip(map(str, bc["sharpness_steps"]), bc["lambda_max_over_n_network"], strict=True)
-            ),
-        },
-        "seeds": seeds,
-        "sine_problem": settings["sine_problem"],
-        "targets_by_seed": [p["target"] for p in first],
-    }
 
 
 __all__ = ["control_study", "evaluate", "reference_grid"]
