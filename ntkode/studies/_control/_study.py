@@ -369,7 +369,7 @@ def control_study(
         dtype=jnp.dtype(dtype).name,
     )
     record = StudyRecord(out, "control", settings, parts="parts", resume=resume, log=log)
-    save = sorted({0, 5, 10, 20, 50, steps // 4, steps // 2, steps})
+    save = sorted({k for k in (0, 5, 10, 20, 50, steps // 4, steps // 2) if k < steps} | {steps})
     plants: dict[int, Plant] = {}
     arrays_of: dict[str, dict[str, np.ndarray]] = {}  # the arrays of the parts computed here
 

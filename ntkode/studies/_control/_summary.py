@@ -22,6 +22,12 @@ CERTIFIED = {
 }
 
 
+def _number(v: float | None) -> float:
+    """A loss or error as read back from `results.json`, where non-finite values are
+    `null`: infinite (a diverged run's loss, a blown-up surrogate's error)."""
+    return float("inf") if v is None or not np.isfinite(v) else float(v)
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     """The median, `None` (never reached) counting as larger than every number."""
     keyed = sorted(values, key=lambda v: (v is None, 0.0 if v is None else v))
@@ -40,10 +46,7 @@ def best_rate(
 
     def score(rows):
         med = _median([r[key] for r in rows])
-        final = statistics.median(
-            r["final_train_loss_network"] if np.isfinite(r["final_train_loss_network"]) else 1e300
-            for r in rows
-        )
+        final = statistics.median(_number(r["final_train_loss_network"]) for r in rows)
         return (med is None, med or 0.0, final)
 
     return min(candidates, key=lambda eta: score(candidates[eta]))
@@ -70,16 +73,16 @@ def summarise(
             "steps_to_target_network": _median([r["steps_to_target_network"] for r in rows]),
             "steps_to_target_surrogate": _median([r["steps_to_target_surrogate"] for r in rows]),
             "final_train_loss_network": statistics.median(
-                r["final_train_loss_network"] for r in rows
+                _number(r["final_train_loss_network"]) for r in rows
             ),
             "final_test_loss_network": statistics.median(
-                r["final_test_loss_network"] for r in rows
+                _number(r["final_test_loss_network"]) for r in rows
             ),
             "final_train_loss_surrogate": statistics.median(
-                r["final_train_loss_surrogate"] for r in rows
+                _number(r["final_train_loss_surrogate"]) for r in rows
             ),
             "diverged": any(r["diverged"] for r in rows),
-            "prediction_error": max(r["prediction_error"] for r in rows),
+            "prediction_error": max(_number(r["prediction_error"]) for r in rows),
             "certificate_fraction_held_network": min(
                 r["certificate_network"]["fraction_held"] for r in rows
             ),
