@@ -154,6 +154,7 @@ def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
         settings["floor_ratio"] * target,
         segment=settings["segment"],
         max_segments=settings["max_segments"],
+        c_ref=settings["c_ref"],
     )
     sur = ScheduledDescentProblem.from_problem(grid, net, schedule=LossLevel())
     # A constant rate is certified until the target when η λ_max,g / n <= c_max at every node
@@ -318,6 +319,7 @@ def control_study(
     max_segments: int = 40,
     floor_ratio: float = 0.5,
     baseline_horizon: int = 4,
+    c_ref: float = 1.0,
     dtype=jnp.float32,
     out: str | None = None,
     resume: bool | None = None,
@@ -366,6 +368,7 @@ def control_study(
         max_segments=int(max_segments),
         floor_ratio=float(floor_ratio),
         baseline_horizon=int(baseline_horizon),
+        c_ref=float(c_ref),
         dtype=jnp.dtype(dtype).name,
     )
     record = StudyRecord(out, "control", settings, parts="parts", resume=resume, log=log)
