@@ -119,6 +119,7 @@ _STUDY_NAMES = (
     "UNet",
     "closure_study",
     "compare_study",
+    "control_study",
     "iou",
     "iou_per_image",
     "load_closure_network",

@@ -15,6 +15,7 @@ import sys
 _COMMANDS = [
     "ntkode.studies._compare._cli",
     "ntkode.studies._widths._cli",
+    "ntkode.studies._control._cli",
     "ntkode.studies._closure._cli",
     "ntkode.studies._mkl._cli",
     "ntkode.studies._floor._cli",

@@ -1,0 +1,127 @@
+"""`ntkode control`: learning rates designed on the scheduled-NTK surrogate, run on the network."""
+
+import argparse
+import os
+
+from .._run import add_resume_arguments, explicit, machine_line, resume_option
+
+NAME = "control"
+HELP = (
+    "Learning-rate control on sine: policies designed on the scheduled-NTK surrogate (certified "
+    "and not) vs the best constant rate, warm-up + cosine, run on the real network."
+)
+
+#: The full study's defaults, and the smaller ones of `--quick` (a smoke test of the whole
+#: pipeline: a narrow network, one seed, a short horizon). Options given explicitly win.
+FULL = {
+    "seeds": [0, 1, 2],
+    "width": 256,
+    "n_train": 128,
+    "n_test": 128,
+    "steps": 400,
+    "design_iterations": 40,
+    "segment": 50,
+}
+QUICK = {
+    "seeds": [0],
+    "width": 64,
+    "n_train": 32,
+    "n_test": 32,
+    "steps": 100,
+    "design_iterations": 5,
+    "segment": 20,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", default="control-out", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="hidden width (default 256; --quick: 64)"
+    )
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
+    parser.add_argument("--activation", default="relu", help="default relu")
+    parser.add_argument("--n-train", type=int, default=None, help="default 128 (--quick: 32)")
+    parser.add_argument("--n-test", type=int, default=None, help="default 128 (--quick: 32)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="K, steps per run (default 400; --quick: 100)"
+    )
+    parser.add_argument(
+        "--target-ratio",
+        type=float,
+        default=0.1,
+        help="target train loss as a fraction of the initial one (default 0.1)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="constant rates of the grid search (default 12 log-spaced in [0.02, 1.5])",
+    )
+    parser.add_argument(
+        "--design-iterations", type=int, default=None, help="default 40 (--quick: 5)"
+    )
+    parser.add_argument(
+        "--segment",
+        type=int,
+        default=None,
+        help="steps between the reference run's kernels (default 50; --quick: 20)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="uncertified warm-up steps (default 20)"
+    )
+    parser.add_argument("--x64", action="store_true", help="float64 (default float32)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, width 64, 32 points, 100 steps: about a minute (explicit options win)",
+    )
+    add_resume_arguments(parser)
+    # fmt: skip
+
+
+def run(args) -> int:
+    from ._figures import HEADER, format_table, plot
+    from ._study import control_study
+
+    if args.seeds is not None and not args.seeds:
+        raise SystemExit("ntkode control: --seeds needs at least one seed.")
+    given = explicit(args, FULL)
+    opts = {**(QUICK if args.quick else FULL), **given}
+    if args.quick and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        print(f"--quick with {flags} as given", flush=True)
+    if args.x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    print(machine_line(), flush=True)
+    result = control_study(
+        depth=args.depth,
+        activation=args.activation,
+        target_ratio=args.target_ratio,
+        rates=args.rates,
+        warmup=args.warmup,
+        dtype=jnp.float64 if args.x64 else jnp.float32,
+        out=args.out,
+        resume=resume_option(args),
+        log=lambda s: print(s, flush=True),
+        **opts,
+    )
+    print()
+    del HEADER
+    print(format_table(result))
+    figure = os.path.join(args.out, "control.png")
+    plot(result, figure)
+    print(
+        f"\n{result['seconds']:.0f} s on {machine_line()}; wrote "
+        f"{os.path.join(args.out, 'results.json')} and {figure}"
+    )
+    return 0

@@ -1,0 +1,458 @@
+r"""Control study: learning rates designed on the scheduled-NTK surrogate, run on the network.
+
+For each seed of the **sine** problem (full-batch gradient descent, mean MSE):
+
+1. **The plant model.** A stable reference run of the network (gradient descent at
+   $\eta = c_\text{ref}\,n/\lambda_{\max}(\Theta)$ with the true NTK re-measured every
+   `segment` steps, $c_\text{ref} = 1$) is stopped at a loss well below the target; the
+   kernels at its segment boundaries, placed at their loss levels $\log L$, form a
+   [`ntkode.KernelGrid`][] on the scheduling variable `schedules.LossLevel()`, and
+   [`ntkode.ScheduledDescentProblem`][] is the discrete-time LPV surrogate on it.
+2. **Designed policies** (on the surrogate only): `inverse_sharpness`
+   ($\eta(s) = 1.9\,n/\lambda_{\max}(\Theta(s))$ read off the grid) and `designed`
+   (gain-scheduled node values optimised through $K$ surrogate steps by
+   [`ntkode.design_policy`][]), both
+   certified at every node; `designed_uncertified` (the same design with the stability limit
+   lifted) and `warmup_inverse_sharpness` (20 steps at the best constant rate, beyond the
+   limit, then `inverse_sharpness`), both uncertified.
+3. **Baselines** (on the network): a grid search over constant rates (`best_constant`;
+   its cost in network runs is recorded), the best constant rate that satisfies the same
+   certificate on every seed's grid (`best_certified_constant`), and linear warm-up + cosine
+   decay peaking at the best constant rate (`cosine`).
+4. **Verification.** Every policy runs on the real equinox network (optax SGD, same
+   initialisation) and on the surrogate; recorded are the steps to the target train loss,
+   the losses after $K$ steps, divergence, the largest relative error of the surrogate's loss
+   curve, the per-step certificate evaluated on both runs ([`ntkode.step_certificate`][]),
+   and the true $\lambda_{\max}(\Theta_k)/n$ at a few steps (the catapult: Lewkowycz et al.
+   2020; progressive sharpening: Cohen et al. 2021).
+
+The linear model only describes training inside the stability limit: the constant-rate map
+(steps to target on the network and on the surrogate for every rate of the grid search) shows
+where the two part.
+"""
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..._control._certificate import step_certificate
+from ..._control._descent import Descent, descend
+from ..._control._design import design_policy
+from ..._control._network import GradientDescentProblem
+from ..._control._policy import (
+    AbstractLearningRatePolicy,
+    Constant,
+    Cosine,
+    InverseSharpness,
+    Switched,
+)
+from ..._control._surrogate import ScheduledDescentProblem
+from ..._core._model import partition
+from ..._ntk._api import ntk
+from ..._scheduled._certify import certify
+from ..._scheduled._dense import KernelGrid
+from ..._scheduled._problem import ScheduleRangeWarning
+from ..._scheduled._schedule import LossLevel
+from .._problems import sine_problem
+from .._run import StudyRecord
+from ._summary import best_rate, summarise
+
+
+def lambda_max(model: Any, x) -> float:
+    """$\\lambda_{\\max}$ of the model's empirical NTK on `x` (train kernel, one output)."""
+    n = x.shape[0]
+    return float(jnp.linalg.eigvalsh(jnp.reshape(ntk(model, x), (n, n)))[-1])
+
+
+def _model_at(run: Descent, i: int, static: Any) -> Any:
+    return eqx.combine(jax.tree.map(lambda a: a[i], run.params), static)
+
+
+def reference_grid(
+    net: GradientDescentProblem,
+    floor: float,
+    *,
+    segment: int,
+    max_segments: int,
+    c_ref: float = 1.0,
+) -> tuple[KernelGrid, dict[str, Any]]:
+    r"""Kernels along a stable run of `net`, on the loss-level axis (see the module notes).
+
+    Gradient descent at $c_\text{ref}\,n/\lambda_{\max}(\Theta)$, $\lambda_{\max}$ re-measured
+    every `segment` steps, until the train loss is below `floor` (or `max_segments`). The
+    nodes are the states at the segment boundaries whose loss is below every earlier one.
+    """
+    data = net.data
+    n = data.n_train
+    static = partition(net.model)[1]
+    model = net.model
+    models, levels, lams, steps = [model], [], [lambda_max(model, data.x_train)], 0
+    loss = float(net.loss(jax.vmap(model)(data.x_train), data.y_train))
+    levels.append(loss)
+    for _ in range(max_segments):
+        run = descend(
+            GradientDescentProblem(model, data, net.loss),
+            Constant(c_ref * n / lams[-1]),
+            segment,
+            save_params=(segment,),
+        )
+        steps += segment
+        model = _model_at(run, 0, static)
+        loss = float(run.train_loss[-1])
+        if run.diverged or not np.isfinite(loss):
+            raise RuntimeError("The reference run diverged; lower c_ref.")
+        lam = lambda_max(model, data.x_train)
+        if loss < levels[-1]:
+            models.append(model)
+            levels.append(loss)
+            lams.append(lam)
+        if loss < floor:
+            break
+    order = np.argsort(np.log(levels))
+    nodes = np.log(np.asarray(levels))[order]
+    grid = KernelGrid.from_params(
+        [models[i] for i in order], net.model, data, jnp.asarray(nodes, data.y_train.dtype)
+    )
+    info = {
+        "reference_steps": steps,
+        "nodes": len(levels),
+        "reference_final_loss": levels[-1],
+        "reference_lambda_max_over_n": [lam / n for lam in lams],
+    }
+    return grid, info
+
+
+def _relative_curve_error(a: np.ndarray, b: np.ndarray) -> float:
+    """$\\max_k |a_k - b_k| / b_k$ over the run (infinite if either is non-finite)."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("inf")
+    return float(np.max(np.abs(a - b) / b))
+
+
+class Plant(eqx.Module):
+    """One seed's network, its surrogate, and what the study derives from them."""
+
+    net: GradientDescentProblem
+    surrogate: ScheduledDescentProblem
+    target: float
+    cap: float  # the largest constant rate certified until the target (see `build_plant`)
+    info: dict = eqx.field(static=True)
+
+
+def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
+    problem = sine_problem(**settings["sine_problem"], seed=seed, dtype=dtype)
+    net = GradientDescentProblem.from_flow(problem)
+    loss0 = float(net.loss(jax.vmap(net.model)(net.data.x_train), net.data.y_train))
+    target = settings["target_ratio"] * loss0
+    grid, info = reference_grid(
+        net,
+        settings["floor_ratio"] * target,
+        segment=settings["segment"],
+        max_segments=settings["max_segments"],
+        c_ref=settings["c_ref"],
+    )
+    sur = ScheduledDescentProblem.from_problem(grid, net, schedule=LossLevel())
+    # A constant rate is certified until the target when η λ_max,g / n <= c_max at every node
+    # a run from L0 to the target can activate: those at loss levels above the target's,
+    # and the first one below it.
+    lam = np.asarray(certify(grid).lambda_max)
+    nodes = np.asarray(grid.nodes)
+    first = max(int(np.searchsorted(nodes, np.log(target))) - 1, 0)
+    cap = settings["c_max"] * net.data.n_train / float(lam[first:].max())
+    info = {**info, "loss0": loss0, "target": target, "certified_cap": cap}
+    return Plant(net, sur, target, cap, info)
+
+
+def evaluate(
+    plant: Plant,
+    policy: AbstractLearningRatePolicy,
+    steps: int,
+    save: Sequence[int],
+    window: int | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """`policy` on the network and on the surrogate: the row of numbers and the curves.
+
+    The prediction error is measured over the first `window` steps (default: all), so that
+    runs of different lengths are compared over the same horizon."""
+    data = plant.net.data
+    n = data.n_train
+    static = partition(plant.net.model)[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScheduleRangeWarning)
+        run_n = descend(plant.net, policy, steps, save_params=tuple(save))
+        run_s = descend(plant.surrogate, policy, steps)
+        spectra = certify(plant.surrogate.grid)
+        cert_s = step_certificate(plant.surrogate, run_s, spectra)
+        cert_n = step_certificate(plant.surrogate, run_n, spectra)
+    left = sorted({str(w.message).split(";")[0] for w in caught})
+    loss_n, loss_s = np.asarray(run_n.train_loss), np.asarray(run_s.train_loss)
+    w = steps if window is None else window
+    eta = np.asarray(run_n.eta)
+    sharp = [lambda_max(_model_at(run_n, i, static), data.x_train) / n for i in range(len(save))]
+    row = {
+        "steps_to_target_network": run_n.steps_to(plant.target),
+        "steps_to_target_surrogate": run_s.steps_to(plant.target),
+        "final_train_loss_network": float(loss_n[-1]),
+        "final_test_loss_network": float(run_n.test_loss[-1]),
+        "final_train_loss_surrogate": float(loss_s[-1]),
+        "final_test_loss_surrogate": float(run_s.test_loss[-1]),
+        "diverged": run_n.diverged,
+        "diverged_surrogate": run_s.diverged,
+        "prediction_error": _relative_curve_error(loss_s[: w + 1], loss_n[: w + 1]),
+        "certificate_surrogate": cert_s.summary(),
+        "certificate_network": cert_n.summary(),
+        "sharpness_steps": list(save),
+        "lambda_max_over_n_network": sharp,
+        "eta_lambda_over_n_network": [
+            float(eta[min(k, steps - 1)]) * s for k, s in zip(save, sharp, strict=True)
+        ],
+        "grid_left": left,
+        "eta": eta.tolist(),
+    }
+    curves = {
+        "loss_network": loss_n,
+        "loss_surrogate": loss_s,
+        "eta": eta,
+        "eta_surrogate": np.asarray(run_s.eta),
+        "stability_network": np.asarray(cert_n.stability),
+        "stability_surrogate": np.asarray(cert_s.stability),
+    }
+    return row, curves
+
+
+def evaluate_into(
+    rows: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    plant: Plant,
+    policies: dict[str, AbstractLearningRatePolicy],
+    steps: int,
+    save: Sequence[int],
+    window: int | None = None,
+) -> None:
+    """`evaluate` each of `policies`, adding its row and its curves (`"name.curve"`)."""
+    for name, policy in policies.items():
+        rows[name], curves = evaluate(plant, policy, steps, save, window)
+        arrays.update({f"{name}.{k}": v for k, v in curves.items()})
+
+
+def constant_map(
+    plant: Plant, rates: Sequence[float], steps: int, save: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Steps to target on the network and on the surrogate for each constant rate.
+
+    (`save` as in `evaluate`: the same saved steps share one compiled network run.)"""
+    out = []
+    for eta in rates:
+        policy = Constant(eta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScheduleRangeWarning)
+            run_n = descend(plant.net, policy, steps, save_params=tuple(save))
+            run_s = descend(plant.surrogate, policy, steps)
+        out.append(
+            {
+                "eta": float(eta),
+                "certified": bool(eta <= plant.cap),
+                "steps_to_target_network": run_n.steps_to(plant.target),
+                "steps_to_target_surrogate": run_s.steps_to(plant.target),
+                "final_train_loss_network": float(run_n.train_loss[-1]),
+                "final_train_loss_surrogate": float(run_s.train_loss[-1]),
+                "diverged": run_n.diverged,
+                "diverged_surrogate": run_s.diverged,
+            }
+        )
+    return out
+
+
+def designed_policies(
+    plant: Plant, settings: dict[str, Any], log: Callable[[str], Any]
+) -> dict[str, tuple[AbstractLearningRatePolicy, dict[str, Any]]]:
+    """The policies designed on the surrogate alone (the warm-up needs the grid search)."""
+    sur, steps, c_max = plant.surrogate, settings["steps"], settings["c_max"]
+    sharp = InverseSharpness.from_grid(sur.grid, c_max, LossLevel())
+    common = dict(target=plant.target, iterations=settings["design_iterations"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleRangeWarning)
+        cert = design_policy(sur, steps, certified=True, c_max=c_max, **common)
+        free = design_policy(sur, steps, certified=False, init=cert.policy, **common)
+    out: dict[str, tuple[AbstractLearningRatePolicy, dict[str, Any]]] = {
+        "inverse_sharpness": (sharp, {})
+    }
+    for name, d in (("designed", cert), ("designed_uncertified", free)):
+        log(
+            f"  {name}: objective {d.initial_objective:.1f} -> {d.objective:.1f} "
+            f"(smooth steps to target) in {d.num_steps} iterations, {d.seconds:.0f} s"
+        )
+        design = {
+            "objective": d.objective,
+            "initial_objective": d.initial_objective,
+            "iterations": d.num_steps,
+            "seconds": d.seconds,
+            "node_values": np.asarray(d.policy.values).tolist(),
+            "nodes": np.asarray(d.policy.nodes).tolist(),
+            "message": d.message,
+        }
+        out[name] = (d.policy, design)
+    return out
+
+
+def control_study(
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    width: int = 256,
+    depth: int = 2,
+    n_train: int = 128,
+    n_test: int = 128,
+    dim: int = 8,
+    activation: str = "relu",
+    steps: int = 400,
+    target_ratio: float = 0.1,
+    rates: Sequence[float] | None = None,
+    c_max: float = 1.9,
+    warmup: int = 20,
+    design_iterations: int = 40,
+    segment: int = 50,
+    max_segments: int = 40,
+    floor_ratio: float = 0.5,
+    baseline_horizon: int = 4,
+    c_ref: float = 1.0,
+    dtype=jnp.float32,
+    out: str | None = None,
+    resume: bool | None = None,
+    log: Callable[[str], Any] = lambda s: None,
+) -> dict[str, Any]:
+    r"""Learning-rate control on **sine**: designed on the surrogate, verified on the network.
+
+    **Arguments:** the `sine_problem` arguments (`width`, `depth`, `n_train`, `n_test`,
+    `dim`, `activation`) and `seeds`; `steps` ($K$); `target_ratio` (the target train loss
+    as a fraction of the initial one); `rates`, the constant rates of the grid search
+    (default 12 rates log-spaced over $[0.02, 1.5]$); `c_max`, the certified bound on
+    $\eta\lambda_{\max}/n$; `warmup`, the steps of the uncertified warm-up;
+    `design_iterations`; `baseline_horizon`, the horizon of the (slow) best certified
+    constant rate in units of $K$; the reference run's `segment`, `max_segments` and `floor_ratio`
+    (it stops at `floor_ratio` times the target); `dtype`; `out` (results.json and the
+    arrays of each finished seed, resumed on rerun) and `resume` as in
+    `ntkode/studies/_run.py`.
+
+    **Returns:** the study's record (see the command's `results.json`).
+    """
+    rates = [float(r) for r in (np.geomspace(0.02, 1.5, 12) if rates is None else rates)]
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("`seeds` must name at least one seed.")
+    if int(warmup) < 1 or int(warmup) >= steps:
+        raise ValueError(f"`warmup` must lie in [1, steps); got {warmup} with steps = {steps}.")
+    if not 0 < target_ratio < 1:
+        raise ValueError(
+            f"`target_ratio` = {target_ratio!r} must lie in (0, 1): the target is that "
+            "fraction of the initial train loss."
+        )
+    sine_args = dict(
+        width=width, depth=depth, n_train=n_train, n_test=n_test, dim=dim, activation=activation
+    )
+    settings = dict(
+        problem="sine",
+        sine_problem=sine_args,
+        seeds=seeds,
+        steps=int(steps),
+        target_ratio=float(target_ratio),
+        rates=rates,
+        c_max=float(c_max),
+        warmup=int(warmup),
+        design_iterations=int(design_iterations),
+        segment=int(segment),
+        max_segments=int(max_segments),
+        floor_ratio=float(floor_ratio),
+        baseline_horizon=int(baseline_horizon),
+        c_ref=float(c_ref),
+        dtype=jnp.dtype(dtype).name,
+    )
+    record = StudyRecord(out, "control", settings, parts="parts", resume=resume, log=log)
+    save = sorted({k for k in (0, 5, 10, 20, 50, steps // 4, steps // 2) if k < steps} | {steps})
+    plants: dict[int, Plant] = {}
+    arrays_of: dict[str, dict[str, np.ndarray]] = {}  # the arrays of the parts computed here
+
+    def plant(seed: int) -> Plant:
+        if seed not in plants:
+            plants[seed] = build_plant(settings, seed, dtype)
+        return plants[seed]
+
+    # Phase 1, per seed: the plant, the constant-rate map, the policies designed on it.
+    for seed in seeds:
+        key = f"seed{seed}"
+        if key in record:
+            continue
+        log(f"seed {seed}: reference run and kernel grid")
+        p = plant(seed)
+        log(
+            f"  {p.info['nodes']} nodes from {p.info['reference_steps']} steps; "
+            f"λ_max/n {p.info['reference_lambda_max_over_n'][0]:.1f} → "
+            f"{p.info['reference_lambda_max_over_n'][-1]:.1f}; certified cap η ≤ {p.cap:.3g}"
+        )
+        log(f"  constant-rate map: {len(rates)} rates on the network and the surrogate")
+        cmap = constant_map(p, rates, steps, save)
+        rows, arrays = {}, {}
+        made = designed_policies(p, settings, log)
+        evaluate_into(rows, arrays, p, {k: v[0] for k, v in made.items()}, steps, save)
+        designs = {k: v[1] for k, v in made.items()}
+        record.put(
+            key,
+            {"seed": seed, **p.info, "constant_map": cmap, "policies": rows, "designs": designs},
+            arrays=arrays,
+        )
+        arrays_of[key] = arrays
+
+    # The grid search on the network, over every seed.
+    by_rate = {eta: [record.get(f"seed{s}")["constant_map"][i] for s in seeds]
+               for i, eta in enumerate(rates)}  # fmt: skip
+    best = best_rate(by_rate)
+    certified_rates = {
+        eta: rows for eta, rows in by_rate.items() if all(r["certified"] for r in rows)
+    }
+    best_certified = best_rate(certified_rates) if certified_rates else None
+
+    # Phase 2, per seed: the baselines and the warm-up (which start from the search's best).
+    for seed in seeds:
+        key = f"seed{seed}-baselines"
+        if key in record:
+            continue
+        log(f"seed {seed}: baselines (best constant η = {best:.3g}) and the warm-up")
+        p = plant(seed)
+        # The largest constant rate certified until the target: on the surrogate a larger
+        # certified rate contracts the slow modes faster (the constant-rate map shows
+        # whether the network agrees).
+        cap_rate = p.cap
+        sharp = InverseSharpness.from_grid(p.surrogate.grid, c_max, LossLevel())
+        policies = {
+            "best_constant": Constant(best),
+            "cosine": Cosine(best, steps, warmup=steps // 10),
+            "warmup_inverse_sharpness": Switched(Constant(best), sharp, at=warmup),
+        }
+        rows, arrays = {}, {}
+        evaluate_into(rows, arrays, p, policies, steps, save)
+        # The certified constant is slow: it gets a longer horizon, so that its steps to
+        # the target are measured rather than censored at K.
+        long = int(settings["baseline_horizon"]) * steps
+        certified = {"best_certified_constant": Constant(cap_rate)}
+        evaluate_into(rows, arrays, p, certified, long, [*save, long], window=steps)
+        record.put(key, {"seed": seed, "policies": rows}, arrays=arrays)
+        arrays_of[key] = arrays
+
+    summary = summarise(record, seeds, rates, best, best_certified, settings)
+    record.finish(summary=summary)
+    result = record.payload("finished")
+    for key in record.parts:
+        if key not in arrays_of and record.has_arrays(key):
+            arrays_of[key] = record.arrays(key)  # a resumed part: its arrays are on disk
+    result["curves"] = {
+        s: {**arrays_of.get(f"seed{s}", {}), **arrays_of.get(f"seed{s}-baselines", {})}
+        for s in seeds
+    }
+    return result
+
+
+__all__ = ["control_study", "evaluate", "reference_grid"]

@@ -1,0 +1,156 @@
+"""The control study's summary: medians over seeds per policy, and the target figures."""
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._run import StudyRecord
+
+#: Policies designed on the surrogate, then the baselines found on the network.
+DESIGNED = ("inverse_sharpness", "designed", "designed_uncertified", "warmup_inverse_sharpness")
+BASELINES = ("best_constant", "best_certified_constant", "cosine")
+CERTIFIED = {
+    "inverse_sharpness": True,
+    "designed": True,
+    "designed_uncertified": False,
+    "warmup_inverse_sharpness": False,
+    "best_constant": False,
+    "best_certified_constant": True,
+    "cosine": False,
+}
+
+
+def _number(v: float | None) -> float:
+    """A loss or error as read back from `results.json`, where non-finite values are
+    `null`: infinite (a diverged run's loss, a blown-up surrogate's error)."""
+    return float("inf") if v is None or not np.isfinite(v) else float(v)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median, `None` (never reached) counting as larger than every number."""
+    keyed = sorted(values, key=lambda v: (v is None, 0.0 if v is None else v))
+    if not keyed:
+        return None
+    mid = keyed[(len(keyed) - 1) // 2 : len(keyed) // 2 + 1]
+    if any(v is None for v in mid):
+        return None
+    return float(statistics.mean(mid))
+
+
+def best_rate(
+    candidates: dict[float, list[dict[str, Any]]], key: str = "steps_to_target_network"
+) -> float:
+    """The rate with the fewest median steps to target (then the lowest median final loss)."""
+
+    def score(rows):
+        med = _median([r[key] for r in rows])
+        final = statistics.median(_number(r["final_train_loss_network"]) for r in rows)
+        return (med is None, med or 0.0, final)
+
+    return min(candidates, key=lambda eta: score(candidates[eta]))
+
+
+def summarise(
+    record: StudyRecord,
+    seeds: list[int],
+    rates: list[float],
+    best: float,
+    best_certified: float | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Medians over seeds per policy, the constant-rate map, and the issue's target figures."""
+    first = [record.get(f"seed{s}") for s in seeds]
+    second = [record.get(f"seed{s}-baselines") for s in seeds]
+    rows_of = {name: [p["policies"][name] for p in first] for name in DESIGNED[:3]}
+    rows_of.update({name: [p["policies"][name] for p in second] for name in second[0]["policies"]})
+    policies = {}
+    for name in (*DESIGNED, *BASELINES):
+        rows = rows_of[name]
+        policies[name] = {
+            "certified": CERTIFIED[name],
+            "steps_to_target_network": _median([r["steps_to_target_network"] for r in rows]),
+            "steps_to_target_surrogate": _median([r["steps_to_target_surrogate"] for r in rows]),
+            "final_train_loss_network": statistics.median(
+                _number(r["final_train_loss_network"]) for r in rows
+            ),
+            "final_test_loss_network": statistics.median(
+                _number(r["final_test_loss_network"]) for r in rows
+            ),
+            "final_train_loss_surrogate": statistics.median(
+                _number(r["final_train_loss_surrogate"]) for r in rows
+            ),
+            "diverged": any(r["diverged"] for r in rows),
+            "prediction_error": max(_number(r["prediction_error"]) for r in rows),
+            "certificate_fraction_held_network": min(
+                r["certificate_network"]["fraction_held"] for r in rows
+            ),
+            "certificate_fraction_held_surrogate": min(
+                r["certificate_surrogate"]["fraction_held"] for r in rows
+            ),
+            "lambda_max_over_n_network": [
+                statistics.median(v) for v in zip(*(r["lambda_max_over_n_network"] for r in rows))
+            ],
+            "sharpness_steps": rows[0]["sharpness_steps"],
+            "steps_to_target_by_seed": [r["steps_to_target_network"] for r in rows],
+            "eta": {str(s): r["eta"] for s, r in zip(seeds, rows, strict=True)},
+        }
+    cmap = [
+        {
+            "eta": eta,
+            "certified_on_every_seed": all(p["constant_map"][i]["certified"] for p in first),
+            "steps_to_target_network": _median(
+                [p["constant_map"][i]["steps_to_target_network"] for p in first]
+            ),
+            "steps_to_target_surrogate": _median(
+                [p["constant_map"][i]["steps_to_target_surrogate"] for p in first]
+            ),
+            "diverged": any(p["constant_map"][i]["diverged"] for p in first),
+            "diverged_surrogate": any(p["constant_map"][i]["diverged_surrogate"] for p in first),
+        }
+        for i, eta in enumerate(rates)
+    ]
+
+    def steps(name):
+        v = policies[name]["steps_to_target_network"]
+        return float("inf") if v is None else v
+
+    def ratio(a, b):
+        """`steps(a) / steps(b)`, or `None` where either never reached the target."""
+        return steps(a) / steps(b) if np.isfinite(steps(a)) and np.isfinite(steps(b)) else None
+
+    certified_designed = [n for n in DESIGNED if CERTIFIED[n]]
+    best_designed = min(certified_designed, key=steps)
+    overall = min(DESIGNED, key=steps)
+    bc = policies["best_constant"]
+    return {
+        "policies": policies,
+        "constant_map": cmap,
+        "grid_search": {
+            "rates": rates,
+            "network_runs": len(rates) * len(seeds),
+            "best_constant_eta": best,
+            "best_certified_constant_eta": [record.get(f"seed{s}")["certified_cap"] for s in seeds],
+            "best_certified_grid_eta": best_certified,
+        },
+        "targets": {
+            "certified_ratio": ratio(best_designed, "best_certified_constant"),
+            "certified_policy": best_designed,
+            "prediction_error_certified": max(
+                policies[n]["prediction_error"]
+                for n in (*certified_designed, "best_certified_constant")
+            ),
+            "overall_ratio": ratio(overall, "best_constant"),
+            "overall_policy": overall,
+            "catapult_lambda_max_over_n": dict(
+                zip(map(str, bc["sharpness_steps"]), bc["lambda_max_over_n_network"], strict=True)
+            ),
+        },
+        "seeds": seeds,
+        "sine_problem": settings["sine_problem"],
+        "targets_by_seed": [p["target"] for p in first],
+    }
+
+
+__all__ = ["BASELINES", "CERTIFIED", "DESIGNED", "best_rate", "summarise"]
