@@ -152,9 +152,15 @@ def worker(a) -> dict:
 
     def sched(grid, interp=average):
         return nk.ScheduledKernelProblem(
-            grid, problem.data, S.Time(), interp, problem.loss, problem.tspan,
-            problem.learning_rate, piece_basis=krylov,
-        )  # fmt: skip
+            grid,
+            problem.data,
+            S.Time(),
+            interp,
+            problem.loss,
+            problem.tspan,
+            problem.learning_rate,
+            piece_basis=krylov,
+        )
 
     if a.method in ("true", "true_loose"):
         rtol = a.rtol * (10 if a.method == "true_loose" else 1)
@@ -207,9 +213,14 @@ def worker(a) -> dict:
             interp = S.Linear() if a.method == "scheduled_ode" else average
             if a.method == "scheduled_ode":
                 p = nk.ScheduledKernelProblem(
-                    grid, problem.data, S.Time(), interp, problem.loss, problem.tspan,
+                    grid,
+                    problem.data,
+                    S.Time(),
+                    interp,
+                    problem.loss,
+                    problem.tspan,
                     problem.learning_rate,
-                )  # fmt: skip
+                )
                 sol, sec, csec = _median_solve(p, 1, saveat=ts, rtol=a.rtol, atol=1e-2 * a.rtol)
             else:
                 sol, sec, csec = _median_solve(sched(grid, interp), a.repeats, saveat=ts)
@@ -260,8 +271,17 @@ def eqx_tree_at(grid, ref):
 
 def _run(a, method: str, n: int, workdir: str, limit: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--problem", a.problem, "--n", str(n)]
-    for flag in ("t_end", "grid_size", "rank", "krylov_dim", "repeats", "true_repeats", "rtol",
-                 "substeps", "block_size"):  # fmt: skip
+    for flag in (
+        "t_end",
+        "grid_size",
+        "rank",
+        "krylov_dim",
+        "repeats",
+        "true_repeats",
+        "rtol",
+        "substeps",
+        "block_size",
+    ):
         value = getattr(a, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -273,12 +293,22 @@ def _run(a, method: str, n: int, workdir: str, limit: float) -> dict:
     try:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"problem": a.problem, "n": n, "method": method, "status": "not finished",
-                "note": f"stopped at the {limit / 60:.0f}-minute limit"}  # fmt: skip
+        return {
+            "problem": a.problem,
+            "n": n,
+            "method": method,
+            "status": "not finished",
+            "note": f"stopped at the {limit / 60:.0f}-minute limit",
+        }
     if res.returncode:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        return {"problem": a.problem, "n": n, "method": method, "status": "failed",
-                "note": " | ".join(tail)}  # fmt: skip
+        return {
+            "problem": a.problem,
+            "n": n,
+            "method": method,
+            "status": "failed",
+            "note": " | ".join(tail),
+        }
     rec = json.loads(res.stdout.strip().splitlines()[-1])
     rec["status"] = "ok"
     rec["wall_with_startup"] = time.perf_counter() - start
@@ -288,8 +318,11 @@ def _run(a, method: str, n: int, workdir: str, limit: float) -> dict:
 def _fit(records, method: str):
     import numpy as np
 
-    pts = [(r["n"], r["seconds"]) for r in records if r.get("method") == method
-           and r.get("status") == "ok" and r.get("seconds", 0) > 0]  # fmt: skip
+    pts = [
+        (r["n"], r["seconds"])
+        for r in records
+        if r.get("method") == method and r.get("status") == "ok" and r.get("seconds", 0) > 0
+    ]
     if len(pts) < 2:
         return None
     n, s = np.log(np.asarray(pts, dtype=float)).T
@@ -304,19 +337,28 @@ def figure(records, path: str, problem: str) -> dict:
     exponents = {}
     for i, method in enumerate(METHODS):
         rows = sorted(
-            (r for r in records if r.get("method") == method and r.get("status") == "ok"
-             and r.get("problem") == problem),
+            (
+                r
+                for r in records
+                if r.get("method") == method
+                and r.get("status") == "ok"
+                and r.get("problem") == problem
+            ),
             key=lambda r: r["n"],
-        )  # fmt: skip
+        )
         if not rows:
             continue
         p = _fit(rows, method)
         exponents[method] = p
         label = method + (f" (n^{p:.2f})" if p is not None else "")
-        ax.loglog([r["n"] for r in rows], [r["seconds"] for r in rows], "o-", color=f"C{i}",
-                  label=label)  # fmt: skip
-    ax.set(xlabel="training examples n", ylabel="wall seconds (build + solve)",
-           title=f"{problem}: cost against n")  # fmt: skip
+        ax.loglog(
+            [r["n"] for r in rows], [r["seconds"] for r in rows], "o-", color=f"C{i}", label=label
+        )
+    ax.set(
+        xlabel="training examples n",
+        ylabel="wall seconds (build + solve)",
+        title=f"{problem}: cost against n",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -366,20 +408,33 @@ def main() -> None:
                         m = max(per_step)
                         predicted = per_step[m][0] * (n / m) * per_step[m][1]
                         if predicted > 60 * a.limit_minutes:
-                            rec = {"problem": a.problem, "n": n, "method": "true",
-                                   "status": "not run", "predicted_seconds": predicted,
-                                   "note": f"predicted {predicted / 60:.0f} min from n={m}"}  # fmt: skip
+                            rec = {
+                                "problem": a.problem,
+                                "n": n,
+                                "method": "true",
+                                "status": "not run",
+                                "predicted_seconds": predicted,
+                                "note": f"predicted {predicted / 60:.0f} min from n={m}",
+                            }
                             print(json.dumps(rec), flush=True)
-                            records = [r for r in records if (r.get("problem"), r.get("n"),
-                                       r.get("method")) != (a.problem, n, method)] + [rec]  # fmt: skip
+                            records = [
+                                r
+                                for r in records
+                                if (r.get("problem"), r.get("n"), r.get("method"))
+                                != (a.problem, n, method)
+                            ] + [rec]
                             write_json(a.out, records)
                             break
-                    print(f"[{a.problem} n={n}] {method} (load {os.getloadavg()[0]:.1f})",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"[{a.problem} n={n}] {method} (load {os.getloadavg()[0]:.1f})", flush=True
+                    )
                     rec = _run(a, method, n, workdir, 60 * a.limit_minutes)
                     print(json.dumps(rec), flush=True)
-                    records = [r for r in records if (r.get("problem"), r.get("n"),
-                               r.get("method")) != (a.problem, n, method)] + [rec]  # fmt: skip
+                    records = [
+                        r
+                        for r in records
+                        if (r.get("problem"), r.get("n"), r.get("method")) != (a.problem, n, method)
+                    ] + [rec]
                     write_json(a.out, records)
                     if method == "true":
                         if rec.get("status") != "ok":

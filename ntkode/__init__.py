@@ -31,6 +31,11 @@ from ._core._kernel_flow import (
     KernelFlowField as KernelFlowField,
     KernelFlowProblem as KernelFlowProblem,
 )
+from ._core._metrics import (
+    accuracy as accuracy,
+    class_agreement as class_agreement,
+    classification_metrics as classification_metrics,
+)
 from ._core._options import SolveOptions as SolveOptions
 from ._core._problem import AbstractProblem as AbstractProblem, remake as remake
 from ._core._regression import kernel_regression as kernel_regression
@@ -100,11 +105,15 @@ from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
 # Study-level names (`ntkode.studies`), imported when first asked for.
 _STUDY_NAMES = (
     "ClosureCNN",
+    "DigitsCNN",
+    "classification_study",
     "closure_study",
     "compare_study",
     "iou",
     "mkl_compare",
     "mkl_study",
+    "digits_data",
+    "digits_problem",
     "sine_problem",
     "width_run",
     "width_study",

@@ -9,10 +9,21 @@ HELP = "Compare the true gradient flow with kernel surrogates on the sine proble
 def add_arguments(p):
     p.add_argument("--width", type=int, default=512, help="hidden width (default 512)")
     p.add_argument("--depth", type=int, default=2, help="hidden layers (default 2)")
-    p.add_argument("--n-train", type=int, default=256)
+    # --- classification hook (digits): --problem/--model, problem-dependent defaults ---
+    p.add_argument(
+        "--problem",
+        default="sine",
+        choices=["sine", "digits"],
+        help="reference problem: sine (regression, default) or digits (CNN/MLP, cross-entropy)",
+    )
+    p.add_argument("--model", default="cnn", choices=["cnn", "mlp"], help="digits network")
+    p.add_argument("--n-train", type=int, default=None, help="default 256 (digits: 1437)")
+    # --- end of the classification hook ---
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--dim", type=int, default=8, help="input dimension (default 8)")
-    p.add_argument("--t-end", type=float, default=50.0, help="end of training time (default 50)")
+    p.add_argument(
+        "--t-end", type=float, default=None, help="end of training time (default 50; digits 20)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activation", default="relu", choices=["relu", "softplus", "tanh", "gelu"])
     p.add_argument("--rtol", type=float, default=1e-5, help="reference true-flow rtol")
@@ -53,6 +64,12 @@ def add_arguments(p):
 def run(args) -> int:
     from ._study import compare_study
 
+    # --- classification hook: defaults that depend on the problem ---
+    if args.n_train is None:
+        args.n_train = 1437 if args.problem == "digits" else 256
+    if args.t_end is None:
+        args.t_end = 20.0 if args.problem == "digits" else 50.0
+    # --- end of the classification hook ---
     for name in ("width", "depth", "n_train", "dim"):
         if getattr(args, name) < 1:
             raise SystemExit(f"ntkode compare: --{name.replace('_', '-')} must be at least 1.")
@@ -79,6 +96,8 @@ def run(args) -> int:
     if not set(schedules) <= {"time", "loss"}:
         raise SystemExit("ntkode compare: --schedules takes time and/or loss.")
     cmp = compare_study(
+        problem=args.problem,  # classification hook
+        model=args.model,  # classification hook
         grid_sizes=grid_sizes,
         schedules=schedules,
         interpolation=args.interpolation,
@@ -106,5 +125,6 @@ def run(args) -> int:
         f"{os.path.join(args.out, 'compare.png')}"
         + (f" and {os.path.join(args.out, 'error_vs_G.png')}" if grid_sizes else "")
         + (f" and {os.path.join(args.out, 'tuned_nodes.png')}" if args.tune else "")
+        + (f" and {os.path.join(args.out, 'accuracy.png')}" if args.problem == "digits" else "")
     )
     return 0
