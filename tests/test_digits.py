@@ -49,10 +49,10 @@ def test_bad_digits_arguments():
         digits_problem(model="resnet")
     with pytest.raises(ValueError, match="channels"):
         digits_problem(channels=0)
-    with pytest.raises(ValueError, match="problem.*'sine' or 'digits'"):
-        compare_study(problem="mnist", out=None)
+    with pytest.raises(ValueError, match="problem_name.*'sine' or 'digits'"):
+        compare_study(problem_name="mnist", out=None)
     with pytest.raises(ValueError, match="tune_nodes='schedule'"):
-        compare_study(problem="digits", tune=True, tune_nodes="time", out=None)
+        compare_study(problem_name="digits", tune=True, tune_nodes="time", out=None)
 
 
 def test_cli_refuses_an_unknown_problem(capsys):

@@ -52,8 +52,8 @@ def _classes_of_targets(y, k: int) -> Array:
     return jnp.argmax(y, axis=-1)
 
 
-def accuracy(u: Float[ArrayLike, "*T n k"], y: Float[ArrayLike, "n k"] | Int[ArrayLike, " n"]):
-    """The share of examples whose predicted class is the target's, at each time: `(*T,)`."""
+def accuracy(u: Float[ArrayLike, "*time n k"], y: Float[ArrayLike, "n k"] | Int[ArrayLike, " n"]):
+    """The share of examples whose predicted class is the target's, at each time: `(*time,)`."""
     u = jnp.asarray(u)
     pred = _classes_of_outputs(u)
     truth = _classes_of_targets(y, u.shape[-1])
@@ -65,8 +65,8 @@ def accuracy(u: Float[ArrayLike, "*T n k"], y: Float[ArrayLike, "n k"] | Int[Arr
     return jnp.mean(pred == truth, axis=-1)
 
 
-def class_agreement(u: Float[ArrayLike, "*T n k"], v: Float[ArrayLike, "*T n k"]):
-    """The share of examples on which two sets of outputs predict the same class: `(*T,)`."""
+def class_agreement(u: Float[ArrayLike, "*time n k"], v: Float[ArrayLike, "*time n k"]):
+    """The share of examples on which two sets of outputs predict the same class: `(*time,)`."""
     u, v = jnp.asarray(u), jnp.asarray(v)
     if u.shape[-2:] != v.shape[-2:]:
         raise ValueError(

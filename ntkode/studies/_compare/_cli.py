@@ -96,7 +96,7 @@ def run(args) -> int:
     if not set(schedules) <= {"time", "loss"}:
         raise SystemExit("ntkode compare: --schedules takes time and/or loss.")
     cmp = compare_study(
-        problem=args.problem,  # classification hook
+        problem_name=args.problem,  # classification hook
         model=args.model,  # classification hook
         grid_sizes=grid_sizes,
         schedules=schedules,

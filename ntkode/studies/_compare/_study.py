@@ -20,7 +20,7 @@ QUICK = dict(width=64, depth=2, n_train=64, n_test=64, dim=4, t_end=10.0)
 
 def compare_study(
     *,
-    problem: str = "sine",
+    problem_name: str = "sine",
     model: str = "cnn",
     width: int = 512,
     depth: int = 2,
@@ -64,7 +64,7 @@ def compare_study(
     `"time"`; `tune_steps` Adam steps, default 25, 5 with `quick`), adding rows
     `tuned_<schedule>_G<G>` and the figure `tuned_nodes.png`.
 
-    `problem="digits"` runs the same study on the classification problem
+    `problem_name="digits"` runs the same study on the classification problem
     [`ntkode.studies.digits_problem`][] (`model`: `"cnn"` or `"mlp"`; `width`, `n_train`,
     `t_end`, `seed`, `rtol` and the grid options apply; `depth`, `n_test`, `dim` and
     `activation` belong to sine), see `ntkode/studies/_compare/_classification.py`.
@@ -72,20 +72,20 @@ def compare_study(
     **Returns:** a [`ntkode.Comparison`][].
     """
     # --- classification hook: digits rows live in _classification.py ---
-    if problem not in ("sine", "digits"):
-        raise ValueError(f"Unknown `problem` {problem!r}; choose 'sine' or 'digits'.")
-    if problem == "sine" and model != "cnn":
+    if problem_name not in ("sine", "digits"):
+        raise ValueError(f"Unknown `problem_name` {problem_name!r}; choose 'sine' or 'digits'.")
+    if problem_name == "sine" and model != "cnn":
         raise ValueError("`model` chooses the digits network; sine always uses its MLP.")
-    if problem == "digits" and tune and tune_nodes != "schedule":
+    if problem_name == "digits" and tune and tune_nodes != "schedule":
         raise ValueError(
             "On digits only `tune_nodes='schedule'` is available: tuning node times recomputes "
             "full kernels, which do not fit at this size."
         )
-    if problem == "digits":
+    if problem_name == "digits":
         from ._classification import classification_study
 
         return classification_study(
-            problem=problem, model=model, n_train=n_train, width=width, t_end=t_end,
+            problem=problem_name, model=model, n_train=n_train, width=width, t_end=t_end,
             seed=seed, rtol=rtol, out=out, quick=quick, progress=progress, log=log,
             grid_sizes=grid_sizes, schedules=schedules, interpolation=interpolation,
             tune=tune, tune_steps=tune_steps, tune_sizes=tune_sizes,
