@@ -46,6 +46,11 @@ from ._core._kernel_flow import (
     KernelFlowField as KernelFlowField,
     KernelFlowProblem as KernelFlowProblem,
 )
+from ._core._metrics import (
+    accuracy as accuracy,
+    class_agreement as class_agreement,
+    classification_metrics as classification_metrics,
+)
 from ._core._options import SolveOptions as SolveOptions
 from ._core._problem import AbstractProblem as AbstractProblem, remake as remake
 from ._core._regression import kernel_regression as kernel_regression
@@ -115,17 +120,22 @@ from ._tuning._tune import TuneResult as TuneResult, tune_grid as tune_grid
 
 # Study-level names (`ntkode.studies`), imported when first asked for.
 _STUDY_NAMES = (
-    "ClosureNetwork",
-    "UNet",
+    "classification_study",
     "closure_study",
+    "ClosureNetwork",
     "compare_study",
     "control_study",
+    "digits_data",
+    "digits_problem",
+    "DigitsCNN",
+    "floor_study",
     "iou",
     "iou_per_image",
     "load_closure_network",
     "mkl_compare",
     "mkl_study",
     "sine_problem",
+    "UNet",
     "width_run",
     "width_study",
 )

@@ -1,4 +1,5 @@
-"""The reference problems of the studies (**sine** and its variants), built in one call."""
+"""The reference problems of the studies, built in one call: **sine** (regression, MLP) and
+**digits** (classification with cross-entropy, CNN or MLP)."""
 
 import math
 
@@ -116,3 +117,118 @@ def sine_problem(
         dtype=dtype,
     )
     return GradientFlowProblem(model, data, tspan=(0.0, t_end), learning_rate=learning_rate)
+
+
+#: The bundled digits: 1,797 images; the fixed test split holds the 360 left after 1,437.
+DIGITS_TOTAL, DIGITS_TRAIN = 1797, 1437
+
+
+class DigitsCNN(eqx.Module):
+    """A small CNN for 8×8 digits: two 3×3 convolutions (ReLU), then a dense read-out.
+
+    `(1, 8, 8)` images → `channels` feature maps → `channels` maps at stride 2 (4×4) →
+    `k = 10` class scores. Equinox's default initialisation; its convolutions and the dense
+    layer are tapped by the structured NTK engine (`ntkode/_ntk/_structured.py`).
+    """
+
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, channels: int = 8, n_classes: int = 10, *, key, dtype=None):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv1 = eqx.nn.Conv2d(1, channels, 3, padding=1, key=k1, dtype=dtype)
+        self.conv2 = eqx.nn.Conv2d(channels, channels, 3, stride=2, padding=1, key=k2, dtype=dtype)
+        self.head = eqx.nn.Linear(channels * 16, n_classes, key=k3, dtype=dtype)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.conv1(x))
+        x = jax.nn.relu(self.conv2(x))
+        return self.head(x.reshape(-1))
+
+
+def digits_data(*, n_train: int = DIGITS_TRAIN, seed: int = 0, images: bool = True, dtype=None):
+    """scikit-learn's bundled digits, split by `seed`, pixels standardised, one-hot targets.
+
+    A seeded permutation of the 1,797 examples fixes a test split of 360; `n_train` (at most
+    1,437) training examples are the first of the remaining ones, so smaller training sets are
+    subsets of larger ones and every `n_train` is tested on the same 360 images. Pixels are
+    scaled to `[0, 1]` (÷16) and centred by the training mean. `images=True` gives inputs
+    `(n, 1, 8, 8)` (for a CNN), otherwise `(n, 64)`. Targets are one-hot rows `(n, 10)`.
+    """
+    if int(n_train) != n_train or not 1 <= int(n_train) <= DIGITS_TRAIN:
+        raise ValueError(
+            f"`n_train` must be an integer between 1 and {DIGITS_TRAIN} (the digits data set "
+            f"has {DIGITS_TOTAL} images, {DIGITS_TOTAL - DIGITS_TRAIN} of them held out for "
+            f"testing), got {n_train}."
+        )
+    try:  # heavy: imported only when the data set is asked for
+        import sklearn.datasets
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "The digits problem reads scikit-learn's bundled data set: install it with "
+            '`pip install "ntkode[studies]"` (or `pip install scikit-learn`).'
+        ) from err
+    import numpy as np
+
+    bunch = sklearn.datasets.load_digits()
+    x = np.asarray(bunch.data, np.float64) / 16.0
+    labels = np.asarray(bunch.target)
+    order = np.random.default_rng(seed).permutation(len(x))
+    test, train = order[DIGITS_TRAIN:], order[: int(n_train)]
+    x = x - x[train].mean(0)
+    if images:
+        x = x.reshape(-1, 1, 8, 8)
+    onehot = np.eye(10)[labels]
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    c = lambda a: np.asarray(a).astype(dtype)
+    return Dataset(c(x[train]), c(onehot[train]), c(x[test]), c(onehot[test]), name="digits")
+
+
+def digits_problem(
+    *,
+    model: str = "cnn",
+    n_train: int = DIGITS_TRAIN,
+    channels: int = 8,
+    width: int = 256,
+    depth: int = 1,
+    t_end: float = 20.0,
+    learning_rate: float = 1.0,
+    seed: int = 0,
+    dtype=None,
+) -> GradientFlowProblem:
+    """The **digits** reference problem: a classifier of scikit-learn's 8×8 handwritten digits.
+
+    Softmax cross-entropy on one-hot targets (`k = 10` outputs), full-batch gradient flow
+    with `η = learning_rate` on `t ∈ [0, t_end]`, the data of [`digits_data`][] (train/test
+    split fixed by `seed`; 360 test images).
+
+    **Arguments:**
+
+    - `model`: `"cnn"` (a [`DigitsCNN`][] with `channels` feature maps) or `"mlp"` (an
+      `eqx.nn.MLP` `64 → width^depth → 10`, ReLU).
+    - `n_train`: training examples, at most 1,437.
+    - `seed`: seeds the split and the initialisation.
+    - `dtype`: floating dtype (default: JAX's default float).
+
+    **Returns:** a [`ntkode.GradientFlowProblem`][] with `loss = cross_entropy`.
+    """
+    from .._core._losses import cross_entropy
+
+    if model not in ("cnn", "mlp"):
+        raise ValueError(f"Unknown `model` {model!r} for digits; choose 'cnn' or 'mlp'.")
+    for name, value in (("channels", channels), ("width", width), ("depth", depth)):
+        if int(value) < 1:
+            raise ValueError(f"`{name}` must be at least 1, got {value}.")
+    if not t_end > 0:
+        raise ValueError(f"`t_end` must be positive, got {t_end}.")
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    data = digits_data(n_train=n_train, seed=seed, images=model == "cnn", dtype=dtype)
+    key = jax.random.key(seed + 1)
+    if model == "cnn":
+        net = DigitsCNN(channels, 10, key=key, dtype=dtype)
+    else:
+        net = eqx.nn.MLP(64, 10, width, depth, activation=jax.nn.relu, key=key, dtype=dtype)
+    return GradientFlowProblem(
+        net, data, loss=cross_entropy, tspan=(0.0, t_end), learning_rate=learning_rate
+    )

@@ -12,12 +12,24 @@ SIZES = ("width", "depth", "n_train", "n_test", "dim", "t_end")
 
 
 def add_arguments(p):
+    # The reference problem: sine (regression, the default) or digits (classification).
+    p.add_argument(
+        "--problem",
+        default="sine",
+        choices=["sine", "digits"],
+        help="reference problem: sine (regression, default) or digits (CNN/MLP, cross-entropy)",
+    )
+    p.add_argument("--model", default="cnn", choices=["cnn", "mlp"], help="digits network")
     p.add_argument("--width", type=int, default=None, help="hidden width (512; --quick: 64)")
     p.add_argument("--depth", type=int, default=None, help="hidden layers (default 2)")
-    p.add_argument("--n-train", type=int, default=None, help="training points (256; --quick 64)")
+    p.add_argument(
+        "--n-train", type=int, default=None, help="training points (256; --quick 64; digits 1437)"
+    )
     p.add_argument("--n-test", type=int, default=None, help="test points (256; --quick 64)")
     p.add_argument("--dim", type=int, default=None, help="input dimension (8; --quick: 4)")
-    p.add_argument("--t-end", type=float, default=None, help="end of training (50; --quick 10)")
+    p.add_argument(
+        "--t-end", type=float, default=None, help="end of training (50; --quick 10; digits 20)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activation", default="relu", choices=["relu", "softplus", "tanh", "gelu"])
     p.add_argument("--rtol", type=float, default=1e-5, help="reference true-flow rtol")
@@ -93,6 +105,8 @@ def run(args) -> int:
         given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in sizes.items())
         print(f"--quick with {given} as given", flush=True)
     cmp = compare_study(
+        problem_name=args.problem,  # classification hook
+        model=args.model,  # classification hook
         grid_sizes=grid_sizes,
         schedules=schedules,
         interpolation=args.interpolation,
@@ -117,5 +131,6 @@ def run(args) -> int:
         f"{os.path.join(args.out, 'compare.png')}"
         + (f" and {os.path.join(args.out, 'error_vs_G.png')}" if grid_sizes else "")
         + (f" and {os.path.join(args.out, 'tuned_nodes.png')}" if args.tune else "")
+        + (f" and {os.path.join(args.out, 'accuracy.png')}" if args.problem == "digits" else "")
     )
     return 0

@@ -31,6 +31,8 @@ REPEATS = 5
 
 def compare_study(
     *,
+    problem_name: str = "sine",
+    model: str = "cnn",
     width: int | None = None,
     depth: int | None = None,
     n_train: int | None = None,
@@ -84,8 +86,34 @@ def compare_study(
     `"time"`; `tune_steps` Adam steps, default 25, 5 with `quick`), adding rows
     `tuned_<schedule>_G<G>` and the figure `tuned_nodes.png`.
 
+    `problem_name="digits"` runs the same study on the classification problem
+    [`ntkode.studies.digits_problem`][] (`model`: `"cnn"` or `"mlp"`; `width`, `n_train`,
+    `t_end`, `seed`, `rtol` and the grid options apply; `depth`, `n_test`, `dim` and
+    `activation` belong to sine), see `ntkode/studies/_compare/_classification.py`.
+
     **Returns:** a [`ntkode.Comparison`][].
     """
+    # --- classification hook: digits rows live in _classification.py ---
+    if problem_name not in ("sine", "digits"):
+        raise ValueError(f"Unknown `problem_name` {problem_name!r}; choose 'sine' or 'digits'.")
+    if problem_name == "sine" and model != "cnn":
+        raise ValueError("`model` chooses the digits network; sine always uses its MLP.")
+    if problem_name == "digits" and tune and tune_nodes != "schedule":
+        raise ValueError(
+            "On digits only `tune_nodes='schedule'` is available: tuning node times recomputes "
+            "full kernels, which do not fit at this size."
+        )
+    if problem_name == "digits":
+        from ._classification import classification_study
+
+        given = dict(n_train=n_train, width=width, t_end=t_end)
+        return classification_study(
+            problem=problem_name, model=model, seed=seed, rtol=rtol, out=out, quick=quick,
+            progress=progress, log=log, grid_sizes=grid_sizes, schedules=schedules,
+            interpolation=interpolation, tune=tune, tune_steps=tune_steps,
+            tune_sizes=tune_sizes, **{k: v for k, v in given.items() if v is not None},
+        )  # fmt: skip
+    # --- end of the classification hook ---
     base = QUICK if quick else FULL
     given = dict(width=width, depth=depth, n_train=n_train, n_test=n_test, dim=dim, t_end=t_end)
     size = {k: (base[k] if v is None else v) for k, v in given.items()}
