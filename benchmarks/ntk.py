@@ -274,14 +274,15 @@ def time_nt(timeout, cases, only):
 def large(n):
     """One blocked train kernel of the sine MLP in a fresh process: time and peak memory."""
     code = f"""
-import time, resource, jax, equinox as eqx, ntkode as nk
+import os, time, resource, jax, equinox as eqx, ntkode as nk
 data = nk.datasets.sine(n_train={n}, n_test=1, dim=8, key=jax.random.key(0))
 model = eqx.nn.MLP(8, 1, 512, 2, activation=jax.nn.relu, key=jax.random.key(1))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 k = jax.block_until_ready(nk.ntk(model, data.x_train, block_size=1000))
-dt = time.perf_counter() - t
-print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2),
-      "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2), "cpu_seconds", round(dc, 2),
+      "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+      "load", os.getloadavg())
 """
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
