@@ -106,9 +106,8 @@ def gradient_cost(problem, ref, G, repeats):
     return rows
 
 
-def pays(args, activation, optimiser, kind):
-    """Uniform vs tuned grids, G in `args.grids`, time and loss schedules, on one problem."""
-    problem = nk.sine_problem(
+def _sine(args, activation="relu"):
+    return nk.sine_problem(
         width=args.width,
         n_train=args.n_train,
         n_test=args.n_train,
@@ -116,6 +115,11 @@ def pays(args, activation, optimiser, kind):
         t_end=args.t_end,
         activation=activation,
     )
+
+
+def pays(args, activation, optimiser, kind):
+    """Uniform vs tuned grids, G in `args.grids`, time and loss schedules, on one problem."""
+    problem = _sine(args, activation)
     t_end = args.t_end
     saved = np.unique(
         np.concatenate(
@@ -206,13 +210,7 @@ def main(argv=None):
     args.grids = [int(g) for g in args.grids.split(",")]
     out = {"devices": str(jax.devices()), "args": {k: v for k, v in vars(args).items()}}
     if "cost" not in args.skip:
-        problem = nk.sine_problem(
-            width=args.width,
-            n_train=args.n_train,
-            n_test=args.n_train,
-            dim=args.dim,
-            t_end=args.t_end,
-        )
+        problem = _sine(args)
         ts = np.union1d(np.linspace(0.0, args.t_end, 101), np.linspace(0.0, args.t_end, args.G))
         ref = nk.solve(problem, saveat=jnp.asarray(ts), rtol=1e-5, atol=1e-7, save_weights=True)
         print(
