@@ -1,16 +1,28 @@
-"""Empirical-NTK speed: ntkode against neural-tangents 0.6.5 on the same cases, in one run.
+"""Empirical-NTK speed: ntkode against neural-tangents 0.6.5 and against this machine's GEMM rate.
 
 Cases are those of `../shared/anchors/nt_bench.py` (same shapes, standard parameterisation,
-no biases, float32). For each, ntkode's best-of-5 steady-state time (after one compiled
-warm-up) is printed for `implementation="auto"` (structured) and `"jacobian"` (the general
-path). When the neural-tangents virtualenv exists (`~/.cache/ntvenv/bin/python`, built by
-`setup_ntvenv.sh`), `nt_bench.py` runs as a subprocess in the same run (after ntkode, so the
-two never compete for cores), its times are parsed, and the ratios
+no biases, float32). For each, ntkode's best and median of 5 steady-state calls (after one
+warm-up) are printed for the **eager public call** `nk.ntk(model, x)` with
+`implementation="auto"` (structured) and `"jacobian"` (the general path), and for the same
+call under `eqx.filter_jit` (`jit`; the eager call should cost no more than 10% over it).
 
-- `auto / NT best`: ntkode's default against neural-tangents' fastest implementation,
+**Roofline.** Per case, the floating-point operations the structured path must do are
+counted from the layer shapes (`structured_flops`: forward pass, backward pass for the
+signals, local convolution Jacobians, Gram products / Jacobian contraction on the blocks it
+computes), and the rate of one plain `jnp.dot` doing the same work with the kernel's output
+shape is measured in the same run; the achieved fraction of that rate is printed.
+
+When the neural-tangents virtualenv exists (`$NT_PYTHON`, `../../ntvenv/bin/python` or
+`~/.cache/ntvenv/bin/python`, built by `setup_ntvenv.sh`), `nt_bench.py` runs as a subprocess
+in the same run (after ntkode, so the two never compete for cores), its times (best of 5)
+are parsed, and the ratios
+
+- `auto / NT best`: ntkode's default (eager, best of 5) against neural-tangents' fastest
+  implementation (jitted, best of 5),
 - `jacobian / NT jac`: ntkode's general path against neural-tangents' Jacobian contraction,
 
-are printed (< 1 means ntkode is faster). Machines are noisy: compare ratios from one run.
+are printed (< 1 means ntkode is faster), with the load average beside every figure.
+Machines are noisy: compare ratios from one run.
 
     python benchmarks/ntk.py [--quick] [--out results.json] [--cases cnn] [--large 20000]
 
@@ -24,6 +36,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -37,18 +50,35 @@ import jax.numpy as jnp  # noqa: E402
 
 import ntkode as nk  # noqa: E402
 
-NT_PYTHON = os.path.expanduser("~/.cache/ntvenv/bin/python")
+NT_PYTHON = next(
+    (
+        p
+        for p in (
+            os.environ.get("NT_PYTHON", ""),
+            os.path.normpath(os.path.join(HERE, "..", "..", "ntvenv", "bin", "python")),
+            os.path.expanduser("~/.cache/ntvenv/bin/python"),
+        )
+        if p and os.path.exists(p)
+    ),
+    os.path.expanduser("~/.cache/ntvenv/bin/python"),
+)
 NT_BENCH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "anchors", "nt_bench.py"))
 
 
-def best(fn, *args, k=5):
+def timings(fn, *args, k=5):
+    """`(best, median)` seconds of `k` steady-state calls, after one warm-up call."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(k):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
-    return min(times)
+    return min(times), statistics.median(times)
+
+
+def load() -> float:
+    """The one-minute load average (the machine may be shared)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def mlp(d, width, depth):
@@ -80,28 +110,118 @@ def ntkode_mlp(d, width, depth):
     return lambda key: nk.MLP(d, 1, width, depth, "relu", key=key)
 
 
-# (name as printed by nt_bench.py, input shape for equinox (CHW for images), model, ns)
+# Layer shapes for the FLOP count: ("dense", inputs, outputs) or
+# ("conv", in channels, out channels, kernel offsets, output positions).
+def dense_layers(d, width, depth, bias=False):
+    dims = [d] + [width] * depth + [1]
+    return [("dense", a + int(bias), b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+
+
+CNN_LAYERS = [("conv", 1, 32, 9, 256), ("conv", 32, 32, 9, 256), ("dense", 32 * 256, 1)]
+
+# (name as printed by nt_bench.py, input shape for equinox (CHW for images), model, ns, layers)
 CASES = [
-    ("mlp 8-512-512-1", (8,), mlp(8, 512, 2), [256, 1024]),
-    ("mlp 784-1024x3-1", (784,), mlp(784, 1024, 3), [256]),
-    ("cnn 16x16x1 conv32x2 dense1", (1, 16, 16), cnn(32), [256]),
+    ("mlp 8-512-512-1", (8,), mlp(8, 512, 2), [256, 1024], dense_layers(8, 512, 2)),
+    ("mlp 784-1024x3-1", (784,), mlp(784, 1024, 3), [256], dense_layers(784, 1024, 3)),
+    ("cnn 16x16x1 conv32x2 dense1", (1, 16, 16), cnn(32), [256], CNN_LAYERS),
 ]
 # ntkode-only cases (no neural-tangents counterpart: their ratios print as "-").
-OWN_CASES = [("nk.MLP 8-512-512-1 ntk", (8,), ntkode_mlp(8, 512, 2), [256, 1024])]
+OWN_CASES = [
+    (
+        "nk.MLP 8-512-512-1 ntk",
+        (8,),
+        ntkode_mlp(8, 512, 2),
+        [256, 1024],
+        dense_layers(8, 512, 2, bias=True),
+    )
+]
+
+
+def symmetric_fraction(n: int) -> float:
+    """Share of the `n²` kernel entries the unblocked `x2=None` path computes: with `m`
+    row blocks (`ntkode/_ntk/_base.py`, `symmetric_contract`), `m(m+1)/2` of `m²` blocks."""
+    m = min(4, n // 128)
+    return 1.0 if m < 2 else (m + 1) / (2 * m)
+
+
+def structured_flops(layers, n: int, k: int = 1) -> dict:
+    """Floating-point operations of `implementation="structured"` for the full `x2=None` kernel.
+
+    Per example: the forward pass (`2·in·out` per dense layer, `2·in·out·offsets·positions`
+    per convolution), the backward pass for the `k` output signals (the same per layer above
+    the first, once per output), and per convolution its local weight Jacobian (one GEMM of
+    `k·out × positions` by `positions × in·offsets`). Per pair of examples (times the share of
+    blocks computed): the Gram products of dense layers (`2·in` for the inputs,
+    `2·k²·out` for the signals) and the Jacobian contraction of convolutions (`2·k²·params`).
+    """
+    forward = backward = local = pair = 0
+    for i, layer in enumerate(layers):
+        if layer[0] == "dense":
+            _, a, b = layer
+            mults = a * b
+            pair += 2 * a + 2 * k * k * b
+        else:
+            _, a, b, offsets, positions = layer
+            mults = a * b * offsets * positions
+            local += 2 * k * mults
+            pair += 2 * k * k * a * b * offsets
+        forward += 2 * mults
+        backward += 2 * k * mults if i > 0 else 0
+    frac = symmetric_fraction(n)
+    parts = {
+        "forward": n * forward,
+        "backward_signals": n * backward,
+        "local_jacobians": n * local,
+        "contraction": int(frac * n * n * pair),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def gemm_rate(n: int, flops: float, dtype=jnp.float32) -> dict:
+    """Measured rate of one plain `jnp.dot` `(n, K) @ (K, n)` doing about `flops` operations.
+
+    `K = flops / 2n²`, clipped to `[16, 16384]`: the same work as the case, as one GEMM with
+    the kernel's output shape. Best of 5 compiled calls.
+    """
+    inner = int(min(max(round(flops / (2 * n * n)), 16), 16384))
+    a = jax.random.normal(jax.random.key(3), (n, inner), dtype)
+    b = jax.random.normal(jax.random.key(4), (inner, n), dtype)
+    dot = jax.jit(jnp.dot)
+    t, _ = timings(dot, a, b)
+    return {"shape": [n, inner, n], "seconds": t, "gflops": 2 * n * n * inner / t / 1e9}
 
 
 def time_ntkode(quick, cases):
     rows = {}
-    for name, shape, build, ns in cases:
+    for name, shape, build, ns, layers in cases:
         model = build(jax.random.key(1))
         for n in [32] if quick else ns:
             x = jax.random.normal(jax.random.key(0), (n,) + shape)
-            row = {}
+            row = {"load_before": load()}
             for impl in ("auto", "jacobian"):
-                row[impl] = best(lambda x, i=impl: nk.ntk(model, x, implementation=i), x)
+                row[impl], row[impl + "_median"] = timings(
+                    lambda x, i=impl: nk.ntk(model, x, implementation=i), x
+                )
+            # The same public call under `eqx.filter_jit`: what the eager call is measured
+            # against (compiled-function caching should make the two alike).
+            jitted = eqx.filter_jit(lambda m, x: nk.ntk(m, x))
+            row["auto_jit"], row["auto_jit_median"] = timings(jitted, model, x)
+            fl = structured_flops(layers, n)
+            rate = gemm_rate(n, fl["total"])
+            row["flops"] = fl
+            row["gemm"] = rate
+            row["achieved_gflops"] = fl["total"] / row["auto"] / 1e9
+            row["fraction_of_gemm"] = row["achieved_gflops"] / rate["gflops"]
+            row["load_after"] = load()
             rows[(name, n)] = row
             print(
-                f"ntkode  {name:30s} n={n:5d} " + " ".join(f"{k}={v:.5f}s" for k, v in row.items()),
+                f"ntkode  {name:30s} n={n:5d} auto={row['auto']:.5f}s "
+                f"(median {row['auto_median']:.5f}) jit={row['auto_jit']:.5f}s "
+                f"eager/jit={row['auto'] / row['auto_jit']:.2f} jacobian={row['jacobian']:.5f}s | "
+                f"{fl['total'] / 1e9:.3f} GFLOP, {row['achieved_gflops']:.1f} GFLOP/s = "
+                f"{row['fraction_of_gemm']:.0%} of jnp.dot {rate['shape']} "
+                f"({rate['gflops']:.1f} GFLOP/s) | load {row['load_before']}-{row['load_after']}",
                 flush=True,
             )
     return rows
@@ -154,14 +274,15 @@ def time_nt(timeout, cases, only):
 def large(n):
     """One blocked train kernel of the sine MLP in a fresh process: time and peak memory."""
     code = f"""
-import time, resource, jax, equinox as eqx, ntkode as nk
+import os, time, resource, jax, equinox as eqx, ntkode as nk
 data = nk.datasets.sine(n_train={n}, n_test=1, dim=8, key=jax.random.key(0))
 model = eqx.nn.MLP(8, 1, 512, 2, activation=jax.nn.relu, key=jax.random.key(1))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 k = jax.block_until_ready(nk.ntk(model, data.x_train, block_size=1000))
-dt = time.perf_counter() - t
-print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2),
-      "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3))
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print("shape", k.shape, "dtype", k.dtype, "seconds", round(dt, 2), "cpu_seconds", round(dc, 2),
+      "peak_rss_GB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+      "load", os.getloadavg())
 """
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -192,8 +313,9 @@ def main():
     ours = time_ntkode(args.quick, cases + [c for c in OWN_CASES if chosen(c)])
     theirs = {} if args.quick else time_nt(args.nt_timeout, cases, args.cases)
     print(
-        f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jac s':>9s} {'NT best s':>10s} "
-        f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s}"
+        f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jit s':>9s} {'jac s':>9s} {'NT best s':>10s} "
+        f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s} {'eager/jit':>9s} "
+        f"{'GFLOP/s':>8s} {'of dot':>7s}"
     )
     results = []
     for (name, n), row in ours.items():
@@ -202,13 +324,25 @@ def main():
         r1 = f"{row['auto'] / nt_best:12.2f}" if nt else f"{'-':>12s}"
         r2 = f"{row['jacobian'] / nt[1]:10.2f}" if nt else f"{'-':>10s}"
         print(
-            f"{name:30s} {n:5d} {row['auto']:9.5f} {row['jacobian']:9.5f} "
-            f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2}"
+            f"{name:30s} {n:5d} {row['auto']:9.5f} {row['auto_jit']:9.5f} {row['jacobian']:9.5f} "
+            f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2} "
+            f"{row['auto'] / row['auto_jit']:9.2f} {row['achieved_gflops']:8.1f} "
+            f"{row['fraction_of_gemm']:7.0%}"
         )
-        results.append({"case": name, "n": n, "ntkode": row, "neural_tangents": nt})
+        results.append(
+            {
+                "case": name,
+                "n": n,
+                "ntkode": row,
+                "neural_tangents": nt,
+                "auto_over_nt_best": row["auto"] / nt_best if nt else None,
+                "jacobian_over_nt_jacobian": row["jacobian"] / nt[1] if nt else None,
+            }
+        )
+    print(f"load average now {os.getloadavg()}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"devices": str(jax.devices()), "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

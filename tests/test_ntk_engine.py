@@ -177,6 +177,31 @@ def test_all_implementations_agree_with_reference(name):
     _close(nk.ntk(model, x1, x2, trace=True), jnp.trace(ref12, 0, 2, 3))
 
 
+def test_conv_jacobians_in_uneven_chunks(monkeypatch):
+    """Convolution Jacobians taken a few examples at a time (a chunk size that does not
+    divide n, one loop per core, padded examples cut off) equal the reference, and so do the
+    symmetric blocked path's mirrored blocks of a convolutional model."""
+    from ntkode._ntk import _layers
+
+    monkeypatch.setattr(_layers, "_PATCH_BYTES", 1)  # one example per chunk
+    k1, k2 = jax.random.split(_key(30))
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Conv1d(2, 4, 3, padding="SAME", key=k1),
+            eqx.nn.Lambda(jnp.tanh),
+            eqx.nn.Lambda(jnp.ravel),
+            eqx.nn.Linear(4 * 6, 2, key=k2),
+        ]
+    )
+    x = jax.random.normal(_key(31), (7, 2, 6))
+    ref = ntk_reference(model, x)
+    _close(nk.ntk(model, x, implementation="structured"), ref)
+    monkeypatch.setattr(_layers, "_PATCH_BYTES", 3 * 2 * 6 * 3 * 8)  # three per chunk
+    k = nk.ntk(model, x, implementation="structured", block_size=3)
+    _close(k, ref)
+    assert jnp.array_equal(k, jnp.swapaxes(jnp.swapaxes(k, 0, 1), 2, 3))
+
+
 @pytest.mark.parametrize("impl", ["structured", "jacobian", "ntvp"])
 def test_blocking_matches_unblocked(impl):
     model = MODELS["multi_output"][0]()

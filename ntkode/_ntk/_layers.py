@@ -12,11 +12,13 @@ and their per-example weight gradients are built locally from `(a, B)`.
 
 import abc
 import itertools
+import os
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
@@ -80,48 +82,82 @@ def fill(layer: Any, weight: Any, bias: Any) -> Any:
 
 
 def _patch_views(layer, x):
-    """For each kernel offset, the input values it multiplies: `(in, positions)` arrays.
+    """For each kernel offset, the input values it multiplies: `(b, in, positions)` arrays.
 
-    Strided slices of the zero-padded input; together they are the im2col patches, without
-    stacking them into one array (XLA:CPU's `conv_general_dilated_patches`, a convolution
-    with a one-hot kernel, is several times slower still).
+    Strided slices of the zero-padded batch `x` `(b, in, *spatial)`; together they are the
+    im2col patches (XLA:CPU's `conv_general_dilated_patches`, a convolution with a one-hot
+    kernel, is several times slower).
     """
-    spatial = x.shape[1:]
+    spatial = x.shape[2:]
     window = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation, strict=True)]
     pads = layer.padding
     if isinstance(pads, str):
         pads = jax.lax.padtype_to_pads(spatial, window, layer.stride, pads)
-    xp = jnp.pad(x, [(0, 0)] + [tuple(p) for p in pads])
+    xp = jnp.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pads])
     out = [
         (s + lo + hi - w) // st + 1
         for s, (lo, hi), w, st in zip(spatial, pads, window, layer.stride, strict=True)
     ]
     for offset in itertools.product(*[range(k) for k in layer.kernel_size]):
-        start = [0] + [o * d for o, d in zip(offset, layer.dilation, strict=True)]
-        limit = [x.shape[0]] + [
-            b + (n - 1) * st + 1 for b, n, st in zip(start[1:], out, layer.stride, strict=True)
+        start = [0, 0] + [o * d for o, d in zip(offset, layer.dilation, strict=True)]
+        limit = list(x.shape[:2]) + [
+            b + (n - 1) * st + 1 for b, n, st in zip(start[2:], out, layer.stride, strict=True)
         ]
-        view = jax.lax.slice(xp, start, limit, [1] + list(layer.stride))
-        yield view.reshape(x.shape[0], -1)
+        view = jax.lax.slice(xp, start, limit, [1, 1] + list(layer.stride))
+        yield view.reshape(x.shape[0], x.shape[1], -1)
+
+
+# Patches of one chunk of examples should stay in a core's cache: measured on 2-core AMD EPYC
+# (2 MB L2 per core), 3x3 convolutions with 32 channels on 16x16 images ran 3-4x faster in
+# chunks of 2-8 examples than with the whole batch's patches in memory at once.
+_PATCH_BYTES = 2**21
+
+
+def _conv_chunk(layer, k, inputs, signals):
+    """Weight Jacobians `(b, k, p)` of one chunk of examples: one batched GEMM per call."""
+    jac = 0.0
+    for x, b_c in zip(inputs, signals, strict=True):
+        m = x.shape[0]
+        patches = jnp.stack(list(_patch_views(layer, x)), axis=1)  # (b, offsets, in, pos)
+        patches = patches.reshape(m, -1, patches.shape[-1])
+        sig = b_c.reshape(m, -1, patches.shape[-1])  # (b, k·out, positions)
+        # Both operands contracted on their last axis and the long patch axis first: the
+        # layout XLA:CPU's batched GEMM runs fastest (4x faster than `(k·out, patch)` out).
+        jac = jac + jnp.einsum("mpc,moc->mpo", patches, sig)
+    m, p = jac.shape[:2]
+    return jnp.swapaxes(jac.reshape(m, p, k, -1), 1, 2).reshape(m, k, -1)
 
 
 def _conv_jacobian(layer, inputs, signals):
-    """Per-example Jacobian of a convolution from its inputs and signals: GEMMs, no autodiff.
+    r"""Per-example Jacobians of a convolution from its inputs and signals: GEMMs, no autodiff.
 
-    $\\partial f_a / \\partial W_{o,i,\\delta} = \\sum_c B_{a,o,c}\\, x_{i, c+\\delta}$ over output
-    positions `c`, one matrix product per kernel offset `δ`. The order of the parameters need
-    not match the weight's layout: only inner products of Jacobians enter the kernel.
+    $\partial f_a / \partial W_{o,i,\delta} = \sum_c B_{a,o,c}\, x_{i, c+\delta}$ over output
+    positions `c`: per example one matrix product of the signals `(k·out, positions)` with the
+    im2col patches `(in·offsets, positions)`. The order of the parameters need not match the
+    weight's layout: only inner products of Jacobians enter the kernel. On CPU the examples
+    are taken in cache-sized chunks, in one independent loop per core (XLA:CPU runs
+    independent loops concurrently); elsewhere all at once.
     """
-    jac, bias = 0.0, 0.0
-    for x, b_c in zip(inputs, signals, strict=True):
-        sig = b_c.reshape(b_c.shape[0], b_c.shape[1], -1)  # (k, out, positions)
-        # Both operands contracted on their last axis: the layout XLA:CPU's batched GEMM
-        # runs fastest (several times faster than "aoc,qc->aoq").
-        per_offset = [jnp.einsum("qc,aoc->aqo", v, sig) for v in _patch_views(layer, x)]
-        jac = jac + jnp.stack(per_offset, axis=1)
-        bias = bias + jnp.sum(sig, axis=2)
-    out = [jac.reshape(jac.shape[0], -1)]
-    return out + ([bias] if layer.use_bias else [])
+    n, k = signals[0].shape[:2]
+    bias = sum(b.reshape(n, k, b.shape[2], -1).sum(-1) for b in signals)
+    tail = [] if not layer.use_bias else [bias]
+    if jax.default_backend() != "cpu":
+        return [_conv_chunk(layer, k, inputs, signals)] + tail
+    per_example = sum(x[0].size for x in inputs) * int(np.prod(layer.kernel_size))
+    chunk = int(np.clip(_PATCH_BYTES // (per_example * inputs[0].dtype.itemsize), 1, n))
+    streams = int(np.clip(-(-n // chunk), 1, os.cpu_count() or 1))
+    per_stream = -(-n // (chunk * streams))
+    total = streams * per_stream * chunk
+    pad = lambda a: jnp.pad(a, [(0, total - n)] + [(0, 0)] * (a.ndim - 1)).reshape(
+        (streams, per_stream, chunk) + a.shape[1:]
+    )
+    xs, bs = [pad(x) for x in inputs], [pad(b) for b in signals]
+    parts = [
+        jax.lax.map(lambda xb: _conv_chunk(layer, k, *xb), ([x[s] for x in xs], [b[s] for b in bs]))
+        for s in range(streams)
+    ]
+    jac = jnp.concatenate(parts).reshape((total, k, -1))[:n]
+    return [jac] + tail
 
 
 def _vjp_jacobian(layer, weight, bias, inputs, signals):
@@ -137,12 +173,13 @@ def _vjp_jacobian(layer, weight, bias, inputs, signals):
     return [g.reshape(g.shape[0], -1) for g in jax.tree.leaves(total)]
 
 
-def local_jacobian(layer, weight, bias, inputs, signals) -> list[Float[Array, "k p"]]:
-    """Per-example Jacobian leaves `(k, p)` of one tapped layer from its inputs and signals.
+def local_jacobian(layer, weight, bias, inputs, signals) -> list[Float[Array, "b k p"]]:
+    """Per-example Jacobian leaves `(b, k, p)` of one tapped layer from its inputs and signals.
 
-    Built locally: no pass through the rest of the network. Zero-padded, ungrouped
-    convolutions use matrix products per kernel offset; every other layer its own `vjp`.
+    `inputs` and `signals` hold one batch `(b, ...)` per call of the layer. Built locally: no
+    pass through the rest of the network. Zero-padded, ungrouped convolutions use matrix
+    products with their im2col patches; every other layer its own `vjp`, per example.
     """
     if isinstance(layer, eqx.nn.Conv) and layer.groups == 1 and layer.padding_mode == "ZEROS":
         return _conv_jacobian(layer, inputs, signals)
-    return _vjp_jacobian(layer, weight, bias, inputs, signals)
+    return jax.vmap(lambda a, b: _vjp_jacobian(layer, weight, bias, a, b))(inputs, signals)

@@ -193,27 +193,26 @@ class StructuredNTK(AbstractNTKImplementation):
         plan = _make_plan(params, static, example, self.trace_hint)
         if plan is None:
             return [], per_example_jacobian(params, static, x)
-
-        def one(xi):
-            j_rest, b, a = _per_example(plan, xi)
-            grams, jacs = [], []
-            for i, layer in enumerate(plan.layers):
-                if not plan.out_shapes[i]:
-                    continue
-                w, bias = plan.weights[i]
-                if plan.scales[i] is not None:
-                    sw, sb = plan.scales[i]
-                    acts = sw * jnp.stack([ai.reshape(-1) for ai in a[i]])  # (C, in)
-                    if bias is not None:  # (s_w² a·a' + s_b²): the bias as a constant input
-                        acts = jnp.concatenate([acts, jnp.full_like(acts[:, :1], sb)], axis=1)
-                    sig = jnp.stack([bi.reshape(bi.shape[0], -1) for bi in b[i]], axis=1)
-                    grams.append((acts, sig))  # (C, in+1), (k, C, out)
-                else:
-                    jacs += local_jacobian(layer, w, bias, a[i], b[i])
-            jacs += [j.reshape(j.shape[0], -1) for j in jax.tree.leaves(j_rest)]
-            return grams, jacs
-
-        return jax.vmap(one)(x)
+        # Signals and inputs of every tapped layer, per example (one backward pass each).
+        j_rest, b, a = jax.vmap(lambda xi: _per_example(plan, xi))(x)
+        n = x.shape[0]
+        grams, jacs = [], []
+        for i, layer in enumerate(plan.layers):
+            if not plan.out_shapes[i]:
+                continue
+            w, bias = plan.weights[i]
+            if plan.scales[i] is not None:
+                sw, sb = plan.scales[i]
+                acts = sw * jnp.stack([ai.reshape(n, -1) for ai in a[i]], axis=1)  # (n, C, in)
+                if bias is not None:  # (s_w² a·a' + s_b²): the bias as a constant input
+                    acts = jnp.concatenate([acts, jnp.full_like(acts[..., :1], sb)], axis=-1)
+                sig = jnp.stack([bi.reshape(n, bi.shape[1], -1) for bi in b[i]], axis=2)
+                grams.append((acts, sig))  # (n, C, in+1), (n, k, C, out)
+            else:
+                # Across the batch at once: convolutions are chunked GEMMs, not a vmap.
+                jacs += local_jacobian(layer, w, bias, a[i], b[i])
+        jacs += [j.reshape(n, j.shape[1], -1) for j in jax.tree.leaves(j_rest)]
+        return grams, jacs
 
     def weight_outputs(self, features, weights):
         grams, jacs = features

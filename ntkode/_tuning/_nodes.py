@@ -26,6 +26,9 @@ from .._core._kernel_flow import flatten_kernel
 from .._core._model import partition
 from .._core._solution import Solution, _hermite
 from .._ntk import AbstractNTKImplementation, ntk
+from .._ntk._api import engine_implementation
+from .._ntk._base import symmetric_contract
+from .._ntk._validate import check_inputs, check_model_inputs
 from .._scheduled._dense import KernelGrid
 from .._scheduled._grid import Implementation
 from .._scheduled._problem import ScheduledKernelProblem
@@ -129,14 +132,25 @@ class _PathKernels(eqx.Module):
         return p, dp
 
     def kernels(self, params):
-        """Flat `(n·k, n·k)` train and `(m·k, n·k)` test kernels at `params`."""
-        model = eqx.combine(params, self.static)
+        """Flat `(n·k, n·k)` train and `(m·k, n·k)` test kernels at `params`.
+
+        The engine's features of the train inputs are computed once and contracted with
+        themselves and with the test inputs' (two `ntk` calls would compute them twice, and
+        their forward-mode derivative too).
+        """
         n, m, k = self.x_train.shape[0], self.x_test.shape[0], self.n_outputs
-        kt = flatten_kernel(
-            ntk(model, self.x_train, implementation=self.implementation), n, n, k, "kt"
-        )
-        if m:
-            ks = ntk(model, self.x_test, self.x_train, implementation=self.implementation)
+        if self.implementation == "reference":
+            model = eqx.combine(params, self.static)
+            kt = ntk(model, self.x_train, implementation="reference")
+            ks = ntk(model, self.x_test, self.x_train, implementation="reference") if m else None
+        else:
+            impl = engine_implementation(self.implementation, False, "TimeNodes")
+            contract = lambda a, b: impl.contract(params, self.static, a, b, False)
+            f = impl.features(params, self.static, self.x_train)
+            kt = symmetric_contract(contract, f)
+            ks = contract(impl.features(params, self.static, self.x_test), f) if m else None
+        kt = flatten_kernel(kt, n, n, k, "kt")
+        if ks is not None:
             ks = flatten_kernel(ks, m, n, k, "ks")
         else:
             ks = jnp.zeros((0, n * k), kt.dtype)
@@ -233,6 +247,9 @@ class TimeNodes(AbstractNodes):
         _check_increasing("Node `times`", times)
         if times.shape[0] != grid.size:
             raise ValueError(f"`times` has {times.shape[0]} values but the grid has {grid.size}.")
+        # What `ntk` would check: the kernels are taken from the engine's features directly.
+        x_train, _ = check_inputs(self.model, problem.data.x_train, None, name1="x_train")
+        check_model_inputs(self.model, x_train, "x_train")
         params, static = partition(self.model)
         if jax.tree.structure(reference.weights) != jax.tree.structure(params):
             raise ValueError("`model` does not match the structure of the reference weights.")
