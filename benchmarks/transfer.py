@@ -1,4 +1,4 @@
-"""Transfer of scheduled-NTK grids (issue 4): (a) test outputs, (b) another learning rate,
+"""Transfer of scheduled-NTK grids: (a) test outputs, (b) another learning rate,
 (c) other targets, on the **sine** problem (ReLU and softplus).
 
 Run: `PYTHONPATH=. python benchmarks/transfer.py [--t-end 20] [--grid-size 8] [--quick]`

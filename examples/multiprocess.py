@@ -8,7 +8,8 @@ On several hosts (one process per host, all its GPUs), run on every host:
 
     python examples/multiprocess.py --coordinator HOST0:1234 --num-processes 4 --process-id I
 
-(on SLURM or Kubernetes `--cluster` lets `jax.distributed.initialize()` find all three).
+(on SLURM or Kubernetes, `--cluster` lets `jax.distributed.initialize()` find the
+coordinator, the process count and this process's id by itself).
 On one machine, with no arguments, it launches two local CPU processes of two simulated
 devices each and checks them against a single-process run (about a minute on 2 CPU cores):
 
@@ -107,7 +108,11 @@ def worker(args: argparse.Namespace) -> None:
             "processes": jax.process_count(),
             "devices": len(jax.devices()),
             "kernel_rows_per_device": -(-args.n_train // len(jax.devices())),
-            "kernel_sharding": str(k.sharding.spec),
+            "kernel_sharding": (
+                str(k.sharding.spec)
+                if isinstance(k.sharding, jax.sharding.NamedSharding)
+                else type(k.sharding).__name__  # one device: a single-device array
+            ),
             "kernel_seconds_first": timings[0],
             "kernel_seconds": float(np.median(timings[1:])) if args.repeat else None,
             "solve_seconds_first": solve_seconds[0],

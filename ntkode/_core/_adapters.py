@@ -53,7 +53,7 @@ class Frozen:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Frozen) and self._key == other._key
+        return self is other or (isinstance(other, Frozen) and self._key == other._key)
 
     def __repr__(self) -> str:
         return f"Frozen({jax.tree.map(lambda a: jnp.shape(a), self.tree)})"

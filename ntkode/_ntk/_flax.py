@@ -103,7 +103,26 @@ class _Found(NamedTuple):
     dense: bool
 
 
-def _assemble(adapter: ModelAdapter, found: list[_Found], weights: list, tapped_cls):
+class _TappedAdapter(eqx.Module):
+    """An adapted flax model whose recognised layers are taps (their parameters removed)."""
+
+    leaves: list  # the adapter's parameter leaves, `None` where a tapped layer's were
+    treedef: Any = eqx.field(static=True)
+    flavour: LinenApply | NNXApply = eqx.field(static=True)
+    taps: tuple = eqx.field(static=True)  # (scope or graph path, tap index, dense?)
+    layers: list  # holed layers, by tap index
+
+    @property
+    def params(self) -> Any:
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def __call__(self, x, *, key=None):
+        if isinstance(self.flavour, LinenApply):
+            return _run_linen(self, x)
+        return _run_nnx(self, x)
+
+
+def _assemble(adapter: ModelAdapter, found: list[_Found], weights: list):
     """The tapped model (parameters of tapped layers removed), weights, and holed layers."""
     leaves, treedef = jax.tree.flatten(adapter.params)
     for f in found:
@@ -112,7 +131,7 @@ def _assemble(adapter: ModelAdapter, found: list[_Found], weights: list, tapped_
             leaves[f.bias] = None
     layers = [f.layer for f in found]
     taps = tuple((f.path, i, f.dense) for i, f in enumerate(found))
-    tapped = tapped_cls(leaves, treedef, adapter.apply, taps, layers)
+    tapped = _TappedAdapter(leaves, treedef, adapter.apply, taps, layers)
     return tapped, weights, [(layer, dense_scales(layer)) for layer in layers]
 
 
@@ -132,34 +151,26 @@ def _linen_dense_ok(m, linen) -> bool:
     )
 
 
-class _TappedLinen(eqx.Module):
-    leaves: list
-    treedef: Any = eqx.field(static=True)
-    flavour: LinenApply = eqx.field(static=True)
-    taps: tuple = eqx.field(static=True)  # (scope path, tap index, dense?)
-    layers: list
+def _run_linen(tapped: "_TappedAdapter", x):
+    from flax import linen
 
-    def __call__(self, x, *, key=None):
-        from flax import linen
+    by_path = {path: (i, d) for path, i, d in tapped.taps}
 
-        params = jax.tree.unflatten(self.treedef, self.leaves)
-        by_path = {path: (i, d) for path, i, d in self.taps}
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        hit = None
+        if context.method_name == "__call__" and type(m) in (linen.Dense, linen.Conv):
+            hit = by_path.get(m.path)
+        if hit is None:
+            return next_fun(*args, **kwargs)
+        i, dense = hit
+        if kwargs or len(args) != 1:
+            raise TypeError("tapped flax layers take one positional input")
+        layer = tapped.layers[i]
+        return _dense_call(i, layer, args[0]) if dense else call_tap(i, layer, args[0])
 
-        def interceptor(next_fun, args, kwargs, context):
-            m = context.module
-            hit = None
-            if context.method_name == "__call__" and type(m) in (linen.Dense, linen.Conv):
-                hit = by_path.get(m.path)
-            if hit is None:
-                return next_fun(*args, **kwargs)
-            i, dense = hit
-            if kwargs or len(args) != 1:
-                raise TypeError("tapped flax layers take one positional input")
-            layer = self.layers[i]
-            return _dense_call(i, layer, args[0]) if dense else call_tap(i, layer, args[0])
-
-        with linen.intercept_methods(interceptor):
-            return self.flavour(params, x)
+    with linen.intercept_methods(interceptor):
+        return tapped.flavour(tapped.params, x)
 
 
 def _conv_forward(module):
@@ -208,7 +219,7 @@ def _tap_linen(adapter: ModelAdapter, example: jax.ShapeDtypeStruct):
         else:
             found.append(_Found(path, k, b, _FlaxLayer(None, None, _conv_forward(m)), False))
             weights.append((kernel, bias))
-    return _assemble(adapter, found, weights, _TappedLinen)
+    return _assemble(adapter, found, weights)
 
 
 # ---------------------------------------------------------------- nnx
@@ -252,21 +263,16 @@ class _NNXTap:
         return call_tap(self.index, self.layer, inputs)
 
 
-class _TappedNNX(eqx.Module):
-    leaves: list
-    treedef: Any = eqx.field(static=True)
-    flavour: NNXApply = eqx.field(static=True)
-    taps: tuple = eqx.field(static=True)  # (graph path, tap index, dense?)
-    layers: list
-
-    def __call__(self, x, *, key=None):
-        module = self.flavour.merge(jax.tree.unflatten(self.treedef, self.leaves))
-        for path, i, dense in self.taps:
-            parent = module
-            for p in path[:-1]:
-                parent = _get(parent, p)
-            _set(parent, path[-1], _NNXTap(i, self.layers[i], dense))
-        return module(x[None])[0] if self.flavour.batched else module(x)
+def _run_nnx(tapped: "_TappedAdapter", x):
+    flavour = tapped.flavour
+    assert isinstance(flavour, NNXApply)
+    module = flavour.merge(tapped.params)
+    for path, i, dense in tapped.taps:
+        parent = module
+        for p in path[:-1]:
+            parent = _get(parent, p)
+        _set(parent, path[-1], _NNXTap(i, tapped.layers[i], dense))
+    return module(x[None])[0] if flavour.batched else module(x)
 
 
 def _nnx_conv_forward(node, nnx):
@@ -317,7 +323,7 @@ def _tap_nnx(adapter: ModelAdapter, example: jax.ShapeDtypeStruct):
                 continue
             found.append(_Found(path, k, b, _FlaxLayer(None, None, forward), False))
             weights.append((kernel, bias))
-    return _assemble(adapter, found, weights, _TappedNNX)
+    return _assemble(adapter, found, weights)
 
 
 def tap_adapter(adapter: ModelAdapter, example: jax.ShapeDtypeStruct):
