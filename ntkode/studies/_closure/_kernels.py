@@ -16,7 +16,8 @@ seeing a test image.
 
 **Kernels are traced over pixels**: $K(x, x') = \sum_p \nabla_\theta f_p(x) \cdot
 \nabla_\theta f_p(x')$, one image-to-image kernel shared by every pixel, from
-[`ntkode.ntk`][]`(model, x1, x2, trace=True)` (the structured engine). The full NTK of an
+the structured engine of [`ntkode.ntk`][]`(model, x1, x2, trace=True)` (its `features` with
+`trace_hint=True` and `contract`, with this module's own blocking). The full NTK of an
 `m × m` map has `m²×m²` blocks per pair of images (65,536 numbers per pair at 16×16), out of
 reach for a thousand images; the traced kernel costs one Jacobian per image and one
 contraction per pair. What it cannot do is move information between pixels: a traced
@@ -37,7 +38,7 @@ from jaxtyping import Array, Float
 
 from ..._core._model import partition
 from ..._core._regression import kernel_regression
-from ..._ntk import StructuredNTK, ntk
+from ..._ntk import StructuredNTK
 from ._train import predict_logits
 from ._unet import UNet
 
@@ -65,11 +66,14 @@ def traced_ntk(
     """The network's NTK traced over pixels between the images `x` and some of them.
 
     `cols` is a number `c` (the first `c` images) or an index array. Returns the kernel
-    `(q, c)` and the seconds it took. The structured engine's
-    per-image features (a `m² × P` Jacobian for the convolutions) are computed once per
-    image, 32 images at a time, and kept while they fit in `memory_gb`, so that no
-    Jacobian is computed twice; beyond that [`ntkode.ntk`][]'s blocking recomputes the
-    columns' features per block of rows.
+    `(q, c)` and the seconds it took. The structured engine's per-image features for a
+    traced kernel (`trace_hint=True`: the `m² × P` Jacobian, so that a traced contraction
+    is one matrix product) are computed 32 images at a time. When all `q` fit in
+    `memory_gb` they are computed once and kept; otherwise the columns are taken in groups
+    that fit beside one chunk of rows, and the rows' features are recomputed once per group
+    (never the columns'). The generic blocking of [`ntkode.ntk`][] is not used here: its
+    features are activations and signals, whose traced contraction over `m²` pixels costs
+    far more than one product of Jacobians.
     """
     t = time.perf_counter()
     q, m = int(x.shape[0]), int(x.shape[-1])
@@ -77,15 +81,26 @@ def traced_ntk(
     params, static = partition(model)
     size = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
     per_image = m * m * size * jnp.dtype(x.dtype).itemsize
-    if q * per_image <= memory_gb * 1e9:
-        impl = StructuredNTK(trace_hint=True)
-        chunks = [x[i : i + _CHUNK] for i in range(0, q, _CHUNK)]
-        feats = [_features(impl, params, static, c) for c in chunks]
-        picked = jax.tree.map(lambda *a: jnp.concatenate(a)[cols], *feats)
-        k = jnp.concatenate([_contract(impl, params, static, f, picked) for f in feats])
+    impl = StructuredNTK(trace_hint=True)
+    feats = lambda xs, step: [
+        _features(impl, params, static, xs[i : i + step]) for i in range(0, xs.shape[0], step)
+    ]
+    budget = int(memory_gb * 1e9 // per_image)  # images whose features fit
+    if q <= budget:
+        rows = feats(x, _CHUNK)
+        picked = jax.tree.map(lambda *a: jnp.concatenate(a)[cols], *rows)
+        k = jnp.concatenate([_contract(impl, params, static, f, picked) for f in rows])
     else:
-        block = max(8, int(memory_gb * 1e9 / (2 * per_image)))
-        k = ntk(model, x, x[cols], trace=True, block_size=block)
+        chunk = max(1, min(_CHUNK, budget // 2))
+        group = max(1, budget - chunk)
+        parts = []
+        for g in range(0, len(cols), group):
+            kept = feats(x[cols[g : g + group]], _CHUNK)
+            kept = jax.tree.map(lambda *a: jnp.concatenate(a), *kept)
+            parts.append(
+                jnp.concatenate([_contract(impl, params, static, f, kept) for f in feats(x, chunk)])
+            )
+        k = jnp.concatenate(parts, axis=1)
     k = k.block_until_ready()
     return k, time.perf_counter() - t
 
