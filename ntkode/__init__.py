@@ -84,7 +84,12 @@ from ._path._machines import (
 )
 from ._path._methods import PathFlow as PathFlow, PathGradientDescent as PathGradientDescent
 from ._path._path_kernel import path_kernel as path_kernel
-from ._scheduled._certify import Certificate as Certificate, certify as certify
+from ._scheduled._certify import (
+    Certificate as Certificate,
+    ResidualEnvelope as ResidualEnvelope,
+    certify as certify,
+    certify_residual as certify_residual,
+)
 from ._scheduled._dense import KernelGrid as KernelGrid
 from ._scheduled._grid import AbstractKernelGrid as AbstractKernelGrid
 from ._scheduled._low_rank import LowRankKernelGrid as LowRankKernelGrid
