@@ -315,27 +315,27 @@ def _time_envelope(kernels, nodes, lam_min, r0, t, c, interpolation, substeps):
             DV = D @ V
             W = (DV.T @ DV) * np.outer(q, q)
 
-        def at(tau, lam=lam, V=V, q=q, W=W, delta=delta, mu=mu, err=err):
-            # All times of the piece at once: `tau` is `(P,)`.
-            ref = (np.exp(-c * lam[None, :] * tau[:, None]) * q) @ V.T
-            dev = np.exp(-c * mu * tau) * err
-            if W is not None:
-                rates = c * (lam[:, None] + lam[None, :])
-                taus = jnp.asarray(tau)[:, None, None]
-                phi = np.asarray(decay_integral(jnp.asarray(rates)[None], taus))
-                quad = np.einsum("ij,pij->p", W, phi)
-                dev = dev + c * delta * np.sqrt(np.maximum(tau * quad, 0.0))
-            return ref, dev
-
         inside = np.flatnonzero((t >= a) & (t <= b))
-        if inside.size:
-            ref, dev = at(t[inside] - a)
-            norm = np.linalg.norm(ref, axis=1)
-            upper[inside], lower[inside] = norm + dev, norm - dev
+        # The saved times in the piece and, for a finite piece, its right end (the next start).
+        tau = np.concatenate([t[inside] - a, [b - a] if np.isfinite(b) else []])
+        ref, dev = _piece_envelope(tau, c, lam, V, q, W, delta, mu, err)
+        norm = np.linalg.norm(ref[: inside.size], axis=1)
+        upper[inside], lower[inside] = norm + dev[: inside.size], norm - dev[: inside.size]
         if np.isfinite(b):
-            ref, dev = at(np.array([b - a]))
-            rho, err = ref[0], float(dev[0])
+            rho, err = ref[-1], float(dev[-1])
     return upper, lower
+
+
+def _piece_envelope(tau, c, lam, V, q, W, delta, mu, err):
+    """Reference residuals `(P, N)` and deviation bounds `(P,)` at elapsed times `tau`."""
+    ref = (np.exp(-c * lam[None, :] * tau[:, None]) * q) @ V.T
+    dev = np.exp(-c * mu * tau) * err
+    if W is not None:
+        rates = jnp.asarray(c * (lam[:, None] + lam[None, :]))[None]
+        phi = np.asarray(decay_integral(rates, jnp.asarray(tau)[:, None, None]))
+        quad = np.einsum("ij,pij->p", W, phi)
+        dev = dev + c * delta * np.sqrt(np.maximum(tau * quad, 0.0))
+    return ref, dev
 
 
 def _norm_levels(levels, lam_min, r0_norm, t, c):
