@@ -86,11 +86,8 @@ def scheduled(N, ctx):
     best = min(sizes, key=lambda g: N.value("compare", f"scheduled_time_G{g}/max_rel_train_error"))
     unc = N.value("compare", "true_loose/max_rel_train_error")
     best_err = N.value("compare", f"scheduled_time_G{best}/max_rel_train_error")
-    verdict = (
-        "below the truth's own uncertainty"
-        if best_err <= unc
-        else f"{best_err / unc:.0f} times the truth's own uncertainty"
-    )
+    verdict = "within" if best_err <= unc else "above"
+    verdict += " the truth's own uncertainty"
     return (
         f"**Problem** ({'quick' if ctx['quick'] else 'full'} build): {_compare_sizes(ctx)}. "
         "Errors are $\\max_t\\|u(t) - u_{\\rm true}(t)\\| / \\|u_{\\rm true}(0) - Y\\|$ on train "
