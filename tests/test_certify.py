@@ -133,6 +133,7 @@ def test_other_schedules_get_the_uniform_bound():
     np.testing.assert_allclose(env.upper, nk.certify(grid, 2.0).bound(ts, jnp.linalg.norm(r0)))
 
 
+@pytest.mark.slow  # about 15 s of CPU each (a true flow with weights, two grids, two solves)
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_envelopes_contain_surrogates_on_sine_grids(activation):
     # Grids along a true flow (a small sine network): the kernels move and rotate.
