@@ -110,15 +110,18 @@ def plot_certificate(record: dict, path: str) -> None:
     """‖r(t)‖ solved vs the uniform bound vs the envelope, per activation and schedule."""
     plt = pyplot()
     runs = record["runs"]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=False)
     panels = [(a, s) for a in runs for s in runs[a]]
     for ax, (act, name) in zip(axes, panels, strict=False):
         c = runs[act][name]["curves"]
         ax.semilogy(c["t"], c["solved"], "k", lw=2, label="solved surrogate")
         ax.semilogy(c["t"], c["uniform"], "C3--", label="uniform bound (certify)")
         ax.semilogy(c["t"], c["upper"], "C0", label="envelope (certify_residual)")
-        lower = np.maximum(np.asarray(c["lower"]), 1e-300)
+        # A zero lower bound is drawn at the panel's floor (log axis).
+        floor = 0.3 * min(c["solved"])
+        lower = np.maximum(np.asarray(c["lower"]), floor)
         ax.fill_between(c["t"], lower, c["upper"], color="C0", alpha=0.15)
+        ax.set_ylim(floor, 1.5 * max(c["uniform"]))
         ax.set_title(f"{act}, {name} schedule ({runs[act][name]['method']})", fontsize=9)
         ax.set_xlabel("t")
     axes[0].set_ylabel("‖u(t) − Y‖")
