@@ -20,6 +20,7 @@ FORMATS = {
     "f1": lambda v: f"{v:.1f}",
     "int": lambda v: f"{int(v)}",
     "x": lambda v: f"{v:.1f}×",
+    "x2": lambda v: f"{v:.2f}×",
     "min": lambda v: f"{v / 60:.1f} min",
     "str": lambda v: f"{v}",
 }
