@@ -110,7 +110,12 @@ from ._scheduled._basis import (
     EigenBasis as EigenBasis,
     KrylovBasis as KrylovBasis,
 )
-from ._scheduled._certify import Certificate as Certificate, certify as certify
+from ._scheduled._certify import (
+    Certificate as Certificate,
+    ResidualEnvelope as ResidualEnvelope,
+    certify as certify,
+    certify_residual as certify_residual,
+)
 from ._scheduled._dense import KernelGrid as KernelGrid
 from ._scheduled._grid import AbstractKernelGrid as AbstractKernelGrid
 from ._scheduled._low_rank import LowRankKernelGrid as LowRankKernelGrid
