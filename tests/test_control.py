@@ -409,3 +409,20 @@ def test_control_study_records_replayable_policies(tmp_path):
     lines = []
     control_study(**kw, log=lines.append)
     assert any("resuming" in line for line in lines)
+
+
+def test_study_medians_count_never_as_slowest():
+    # Steps to target are censored: "never" (None) is slower than any count, so the median
+    # of three runs is None only when two of them never reached the target.
+    from ntkode.studies._control._summary import _median, best_rate
+
+    assert _median([120, None, 80]) == 120
+    assert _median([None, None, 80]) is None
+    assert _median([10, 30]) == 20
+    row = lambda steps, loss: {"steps_to_target_network": steps, "final_train_loss_network": loss}
+    rates = {
+        0.1: [row(None, 0.2), row(300, 0.1)],  # median: never
+        0.3: [row(150, 0.01), row(170, None)],  # a diverged final loss (null) still counts
+        0.5: [row(150, 0.02), row(170, 0.01)],  # same median steps, lower median final loss
+    }
+    assert best_rate(rates) == 0.5

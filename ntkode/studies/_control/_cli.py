@@ -82,11 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one seed, width 64, 32 points, 100 steps: about a minute (explicit options win)",
     )
     add_resume_arguments(parser)
-    # fmt: skip
 
 
 def run(args) -> int:
-    from ._figures import HEADER, format_table, plot
+    from ._figures import format_table, plot
     from ._study import control_study
 
     if args.seeds is not None and not args.seeds:
@@ -116,7 +115,6 @@ def run(args) -> int:
         **opts,
     )
     print()
-    del HEADER
     print(format_table(result))
     figure = os.path.join(args.out, "control.png")
     plot(result, figure)

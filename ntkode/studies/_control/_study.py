@@ -52,10 +52,11 @@ from ..._control._policy import (
     Switched,
 )
 from ..._control._surrogate import ScheduledDescentProblem
-from ..._core._model import partition
+from ..._core._model import apply, partition
 from ..._ntk._api import ntk
 from ..._scheduled._certify import certify
 from ..._scheduled._dense import KernelGrid
+from ..._scheduled._grid import AbstractKernelGrid
 from ..._scheduled._problem import ScheduleRangeWarning
 from ..._scheduled._schedule import LossLevel
 from .._problems import sine_problem
@@ -80,7 +81,7 @@ def reference_grid(
     segment: int,
     max_segments: int,
     c_ref: float = 1.0,
-) -> tuple[KernelGrid, dict[str, Any]]:
+) -> tuple[AbstractKernelGrid, dict[str, Any]]:
     r"""Kernels along a stable run of `net`, on the loss-level axis (see the module notes).
 
     Gradient descent at $c_\text{ref}\,n/\lambda_{\max}(\Theta)$, $\lambda_{\max}$ re-measured
@@ -92,7 +93,7 @@ def reference_grid(
     static = partition(net.model)[1]
     model = net.model
     models, levels, lams, steps = [model], [], [lambda_max(model, data.x_train)], 0
-    loss = float(net.loss(jax.vmap(model)(data.x_train), data.y_train))
+    loss = float(net.loss(apply(model, data.x_train), data.y_train))
     levels.append(loss)
     for _ in range(max_segments):
         run = descend(
@@ -147,7 +148,7 @@ class Plant(eqx.Module):
 def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
     problem = sine_problem(**settings["sine_problem"], seed=seed, dtype=dtype)
     net = GradientDescentProblem.from_flow(problem)
-    loss0 = float(net.loss(jax.vmap(net.model)(net.data.x_train), net.data.y_train))
+    loss0 = float(net.loss(apply(net.model, net.data.x_train), net.data.y_train))
     target = settings["target_ratio"] * loss0
     grid, info = reference_grid(
         net,
