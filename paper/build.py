@@ -120,8 +120,9 @@ def main(argv=None) -> int:
         for name in args.only:
             runs[name] = run_study(name, root / name, args.quick)
             runs[name]["quick"] = args.quick
-    runs["build"] = {"quick": args.quick, "seconds": time.perf_counter() - start,
-                      "load_average": list(os.getloadavg()), "cpus": os.cpu_count()}  # fmt: skip
+    if not (args.reuse and "build" in runs):  # a rewrite keeps the record of the runs
+        runs["build"] = {"quick": args.quick, "seconds": time.perf_counter() - start,
+                         "load_average": list(os.getloadavg()), "cpus": os.cpu_count()}  # fmt: skip
     log_path.write_text(json.dumps(runs, indent=1))
     write_paper(root, args.quick, runs)
     print(f"wrote {root / 'paper.md'} ({pdf(root)})")

@@ -233,9 +233,32 @@ def control(N, ctx):
     )  # fmt: skip
 
 
+def _closure_kernel_machines(N, ctx):
+    """closure"""
+    # The record of the first closure study (a CNN and kernel machines on its kernels).
+    s = "closure"
+    preds = list(N.value(s, "iou"))
+    rows = [[p.replace("_", " "), N(s, f"iou/{p}", "g3"), N(s, f"iou_train/{p}", "g3")]
+            for p in preds]  # fmt: skip
+    return (
+        "Can a network learn planar topology — fill the inside of a closed curve (Courtois, "
+        "Arias & Morel)? A small CNN is trained by gradient descent, and kernel machines on "
+        "its NTK at initialisation, at the end, and on its path kernel are fitted to the same "
+        "images.\n\n"
+        f"**Problem**: {N(s, 'config/size', 'int')}×{N(s, 'config/size', 'int')} images, "
+        f"{N(s, 'config/n_train', 'int')} training and {N(s, 'config/n_test', 'int')} test "
+        f"images, {N(s, 'config/steps', 'int')} steps. Per-pixel IoU (all-inside baseline "
+        f"{N(s, 'baseline_iou_all_inside', 'g3')}):\n\n"
+        + table(["predictor", "test IoU", "train IoU"], rows)
+        + "\n\n" + figure(ctx, s, "closure.png", "Test images, targets and predictions.")
+    )  # fmt: skip
+
+
 def closure(N, ctx):
     """closure"""
     s = "closure"
+    if N.has(s, "iou") and not N.has(s, "network"):
+        return _closure_kernel_machines(N, ctx)
     sets = list(N.value(s, "network"))
     rows = [[t.replace("_", " "), N(s, f"network/{t}/iou_pooled", "g3"),
              N(s, f"network/{t}/iou_median", "g3"), N(s, f"convex_hull/{t}/iou_pooled", "g3"),
