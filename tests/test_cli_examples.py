@@ -20,7 +20,8 @@ def _env():
 
 @pytest.mark.slow
 def test_compare_quick_writes_results(tmp_path):
-    # The whole quick study in a subprocess: ~1 minute on 2 idle cores.
+    # The whole quick study in a subprocess (its --quick promises under a minute; 23 min for
+    # this file on 2 cores at load 30).
     out = tmp_path / "out"
     proc = subprocess.run(
         [
