@@ -18,7 +18,10 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_compare_quick_writes_results(tmp_path):
+    # The whole quick study in a subprocess (its --quick promises under a minute; 23 min for
+    # this file on 2 cores at load 30).
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -65,6 +68,7 @@ def test_compare_quick_writes_results(tmp_path):
     assert "\r" not in proc.stdout and proc.stdout.count(" s)") >= 3
 
 
+@pytest.mark.slow
 def test_readme_examples_run(tmp_path):
     # Every python block of the README, in order, in one namespace (STYLE §9).
     text = (ROOT / "README.md").read_text()
