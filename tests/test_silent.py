@@ -327,23 +327,18 @@ def test_closed_form_event_time_agrees_with_the_ode_and_is_differentiable(setup)
     np.testing.assert_allclose(grad, -exact, rtol=1e-9)
 
 
-def test_scheduled_events_on_the_ode_path_and_a_sentence_on_the_exact_path(setup):
+def test_scheduled_events_on_the_ode_path_and_on_the_exact_path(setup):
     s = setup
     ode, solver = _problem("scheduled_ode", s, 1.0)
     event = diffrax.Event(_loss_below(0.2, s["data"]), root_finder=optx.Newton(1e-12, 1e-12))
     sol = nk.solve(ode, solver, saveat=5, event=event, rtol=1e-10, atol=1e-12)
     assert sol.retcode == nk.RESULTS.event_occurred
     np.testing.assert_allclose(sol.summary()["final_train_loss"], 0.2, rtol=1e-9)
+    # The exact per-piece solver locates the same event on its closed form.
     exact, _ = _problem("scheduled_exact", s, 1.0)
-    try:
-        sol = nk.solve(exact, saveat=5, event=event)
-    except ValueError as err:
-        # Until the exact scheduled solver evaluates its closed form at the event (the
-        # core's exact_solution), the event is refused, never ignored.
-        assert "does not support events" in str(err) and "diffrax.Tsit5()" in str(err)
-    else:
-        assert sol.retcode == nk.RESULTS.event_occurred
-        np.testing.assert_allclose(sol.summary()["final_train_loss"], 0.2, rtol=1e-10)
+    sol = nk.solve(exact, saveat=5, event=event)
+    assert sol.retcode == nk.RESULTS.event_occurred
+    np.testing.assert_allclose(sol.summary()["final_train_loss"], 0.2, rtol=1e-10)
 
 
 def test_closed_form_event_keeps_the_closed_forms_own_result(setup):
@@ -484,11 +479,6 @@ def test_inputs_of_the_wrong_shape_are_refused_not_broadcast(setup):
     assert nk.ntk(conv, jnp.ones((2, 2, 5, 5))).shape[:2] == (2, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`certify` lives in ntkode/_scheduled/_certify.py: it needs "
-    "`check_positive('learning_rate', learning_rate)` at its top (merge note).",
-)
 def test_certify_refuses_a_negative_learning_rate(setup):
     nodes, kt, ks = setup["grid"]
     with pytest.raises(ValueError, match="`learning_rate` must be positive"):

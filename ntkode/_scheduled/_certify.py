@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._core._errors import check_positive
 from .._core._regression import decay_integral
 from ._grid import AbstractKernelGrid, check_grid
 from ._interp import AbstractInterpolation, Linear, check_interpolation
@@ -100,6 +101,7 @@ def certify(
     """
     check_grid(grid)
     check_interpolation(interpolation)
+    check_positive("learning_rate", learning_rate)
     lam = grid.eigenvalues()
     eta = jnp.asarray(learning_rate, lam.dtype)
     n = grid.n_train

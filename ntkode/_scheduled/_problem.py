@@ -35,6 +35,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._core._data import Dataset
 from .._core._errors import check_finite
+from .._core._exact import exact_solution
 from .._core._gradient_flow import GradientFlowProblem
 from .._core._losses import MSE, AbstractLoss, mse
 from .._core._model import apply
@@ -228,6 +229,20 @@ class ScheduledKernelProblem(AbstractProblem):
         """Piecewise-constant MSE flow: exact exponentials on each piece."""
         assert isinstance(self.schedule, Time | AbstractNormSchedule)
         assert isinstance(self.interpolation, AbstractPiecewiseConstant)
+        if options.event is not None:
+            # Outputs at any set of times are exact, so the event is located on them (each
+            # bisection step re-runs the piece scan: correct, not cheap).
+            def outputs_at(ts):
+                return exact_outputs(
+                    self.grid, self.schedule, self.interpolation, self.u0_train,
+                    self.u0_test, self.data.y_train, self.learning_rate, self.tspan, ts,
+                    self.piece_basis,
+                )  # fmt: skip
+
+            _, result = outputs_at(options.ts)
+            return exact_solution(
+                self, lambda ts: outputs_at(ts)[0], options, kind="scheduled", result=result
+            )
         (u, us, du, dus), result = exact_outputs(
             self.grid,
             self.schedule,
