@@ -139,7 +139,7 @@ def _conv_jacobian(layer, inputs, signals):
     independent loops concurrently); elsewhere all at once.
     """
     n, k = signals[0].shape[:2]
-    bias = sum(b.reshape(n, k, b.shape[2], -1).sum(-1) for b in signals)
+    bias = jnp.stack([b.reshape(n, k, b.shape[2], -1).sum(-1) for b in signals]).sum(0)
     tail = [] if not layer.use_bias else [bias]
     if jax.default_backend() != "cpu":
         return [_conv_chunk(layer, k, inputs, signals)] + tail
