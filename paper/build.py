@@ -5,7 +5,7 @@
     python paper/build.py --reuse    # no runs: rewrite the paper from paper/build/*/results.json
 
 Each study runs as `python -m ntkode <study> --out paper/build/<study>` (the certificate
-comparison as `python -m ntkode.studies._certificate`). The paper (`paper/build/paper.md`)
+comparison as `ntkode certify`). The paper (`paper/build/paper.md`)
 quotes numbers only through `paper/quoting.py`, which records each one with its file, key and
 format in `paper/build/numbers.json`; `tests/test_paper.py` checks every quoted number against
 the file it came from. A study that fails or is not installed, or a record without a key a
@@ -40,7 +40,7 @@ STUDIES = {
     "compare_digits": ("ntkode compare", ["--problem", "digits", "--no-progress"],
                        ["--problem", "digits", "--quick", "--no-progress"]),
     "floor": ("ntkode floor", [], ["--quick"]),
-    "certificate": ("ntkode.studies._certificate", [], ["--quick"]),
+    "certificate": ("ntkode certify", [], ["--quick"]),
     "control": ("ntkode control", [], ["--quick"]),
     "closure": ("ntkode closure", [], ["--quick"]),
     "widths": ("ntkode widths", ["--widths", "64", "128", "256", "512"], ["--quick"]),

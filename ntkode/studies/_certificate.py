@@ -1,7 +1,7 @@
 """The LPV certificate on sine: the solved residual of scheduled surrogates against the
 schedule-blind bound of `ntkode.certify` and the envelopes of `ntkode.certify_residual`.
 
-    python -m ntkode.studies._certificate --out DIR [--quick]
+    ntkode certify --out DIR [--quick]    (or python -m ntkode.studies._certificate)
 
 For ReLU and softplus networks (`ntkode.sine_problem`), a true flow gives a grid of `G`
 kernels (`ntkode.KernelGrid.from_solution`, time nodes and loss-level nodes); each grid's
@@ -131,16 +131,31 @@ def plot_certificate(record: dict, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+NAME = "certify"
+HELP = (
+    "Certificates of scheduled-NTK grids on sine (ReLU and softplus, time and loss-level "
+    "grids): the solved train residual against the uniform decay bound and the residual "
+    "envelope of certify_residual."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="certificate-out")
     parser.add_argument("--quick", action="store_true", help="a small problem (about a minute)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     # The bounds are compared with solves at rtol 1e-10: float64 keeps that meaningful.
     jax.config.update("jax_enable_x64", True)
     certificate_study(args.out, args.quick, log=lambda s: print(s, flush=True))
     print(f"wrote {os.path.join(args.out, 'results.json')} and certificate.png")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ _COMMANDS = [
     "ntkode.studies._closure._cli",
     "ntkode.studies._mkl._cli",
     "ntkode.studies._floor._cli",
+    "ntkode.studies._certificate",
 ]
 
 
