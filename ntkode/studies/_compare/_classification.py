@@ -49,7 +49,7 @@ from ._scheduled_rows import (
 )
 
 #: `--quick`: a subset and a smaller CNN, well under a minute on 2 idle cores.
-QUICK = dict(n_train=128, channels=4, t_end=10.0)
+QUICK = dict(n_train=64, channels=4, t_end=10.0)
 
 
 class TracedKernelCache:
@@ -138,7 +138,8 @@ def classification_study(
     `scheduled_<schedule>_G<G>`, with `tune` also `tuned_<schedule>_G<G>`: node positions on
     the schedule tuned by [`ntkode.tune_grid`][]), on output-traced kernels, plus `frozen_full`
     (and `scheduled_time_full_G<G>` while it fits) on full `(n·k)²` blocks. `quick` uses
-    `n_train = 128`, 4 channels, `t_end = 10` and `G ∈ {2, 8}`.
+    `n_train = 64`, 4 channels, `t_end = 10`, `G ∈ {2, 8}` and the full-block grid at
+    `G = 2` only.
 
     **Returns:** a [`ntkode.Comparison`][] whose rows carry the classification metrics.
     """
@@ -270,7 +271,7 @@ def classification_study(
                 checkpoint()
         fits = [G for G in grid_sizes if G <= 8 and G * (data.n_train * k) ** 2 <= full_max_floats]
         if fits and "time" in schedules:
-            G = max(fits)
+            G = min(fits) if quick else max(fits)
             full = TracedKernelCache(true, prob.model, data, full=True)
             grid, build = full.grid(times[G], SCHEDULES["time"])
             sol, sec, csec = timed_solve(
