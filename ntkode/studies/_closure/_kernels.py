@@ -85,7 +85,8 @@ def traced_ntk(
     feats = lambda xs, step: [
         _features(impl, params, static, xs[i : i + step]) for i in range(0, xs.shape[0], step)
     ]
-    budget = int(memory_gb * 1e9 // per_image)  # images whose features fit
+    # Images whose features fit, counting the copy that concatenating them makes.
+    budget = int(memory_gb * 1e9 // (2 * per_image))
     if q <= budget:
         rows = feats(x, _CHUNK)
         picked = jax.tree.map(lambda *a: jnp.concatenate(a)[cols], *rows)

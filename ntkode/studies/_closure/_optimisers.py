@@ -52,7 +52,8 @@ class AbstractOptimiser(eqx.Module):
         schedule = optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=float(self.learning_rate),
-            warmup_steps=max(1, int(self.warmup * steps)),
+            # At least one warm-up step, but never all of them (a one-step run is all decay).
+            warmup_steps=min(max(1, int(self.warmup * steps)), steps - 1),
             decay_steps=steps,
             end_value=0.01 * float(self.learning_rate),
         )

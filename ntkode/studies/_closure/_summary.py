@@ -111,6 +111,19 @@ def answer(results: dict[str, Any]) -> str:
                     "this compares two poor predictors and answers nothing; run with more "
                     "images or steps."
                 )
+            elif ratio > 1.1:
+                flat = min(net_rows.values()) >= max(net_rows.values()) - 0.05
+                verdict = (
+                    f"Not in this sense: its best kernel machine does better than the network "
+                    f"trained for {curves['steps']} steps on the same images"
+                    + (
+                        ", whose own curve is flat in n, so at this size and budget the "
+                        "network is held back by its training, and is not matched by its "
+                        "kernel machine either way."
+                        if flat
+                        else "."
+                    )
+                )
             elif ratio >= 0.9:
                 verdict = "Yes in this sense: its best kernel machine (nearly) matches it."
             elif ratio >= 0.7:
