@@ -293,3 +293,18 @@ def test_schedule_of_a_one_step_run_moves_the_weights():
         grads = {"a": jnp.ones(2)}  # taken at the fast weights
         update, _ = t.update(grads, t.init(params), params)
         assert np.all(np.asarray(jax.tree.leaves(update)[0]) < 0), update
+
+
+def test_quick_keeps_options_given_explicitly(monkeypatch, capsys):
+    import argparse
+
+    from ntkode.studies._closure import _cli, _study
+
+    seen = {}
+    monkeypatch.setattr(_study, "closure_study", lambda **kw: seen.update(kw))
+    parser = argparse.ArgumentParser()
+    _cli.add_arguments(parser)
+    assert _cli.run(parser.parse_args(["--quick", "--epochs", "3"])) == 0
+    assert seen["epochs"] == 3  # given: kept
+    assert seen["n_train"] == _cli.QUICK["n_train"]  # left at its default: shrunk
+    assert "--epochs 3 as given" in capsys.readouterr().out

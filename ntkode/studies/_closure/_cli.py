@@ -83,10 +83,16 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, dtype=jnp.float64 if args.float64 else jnp.float32,
     )  # fmt: skip
     if args.quick:
-        kwargs.update(QUICK)
-    try:
-        closure_study(**kwargs)
-    except KeyboardInterrupt:
-        print(f"ntkode closure: interrupted; rerun the same command to resume ({args.out}).")
-        return 130
+        # --quick shrinks what was left at its default; options given explicitly win.
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        defaults = vars(parser.parse_args([]))
+        given = {k for k in QUICK if getattr(args, k) != defaults[k]}
+        kwargs.update({k: v for k, v in QUICK.items() if k not in given})
+        if given:
+            shown = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sorted(given))
+            print(f"--quick with {shown} as given", flush=True)
+    # Ctrl-C is handled by `ntkode`'s main (the study runs in a worker thread): it stops at
+    # once, and a rerun of the same command resumes from the checkpoints.
+    closure_study(**kwargs)
     return 0
