@@ -162,7 +162,8 @@ def test_classification_study_rows_carry_the_metrics(tmp_path):
     assert rows["true"]["max_accuracy_gap"] == 0.0
     saved = nk._core._records.read_json(str(tmp_path / "results.json"))
     assert saved["frozen"]["final_class_agreement"] == rows["frozen"]["final_class_agreement"]
-    assert (tmp_path / "accuracy.png").exists() and (tmp_path / "error_vs_G.png").exists()
+    for figure in ("compare.png", "accuracy.png", "error_vs_G.png"):
+        assert (tmp_path / figure).exists(), figure
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from ..._core._compare import Comparison
 from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._metrics import accuracy, classification_metrics
 from ..._core._solve import timed_solve
-from ..._plot import pyplot
+from ..._plot import pyplot, save
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._interp import PiecewiseConstant
 from ..._scheduled._problem import ScheduledKernelProblem, ScheduleRangeWarning
@@ -323,7 +323,8 @@ def classification_study(
         shown.rows = cmp.rows
         keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
         shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
-        shown.plot(os.path.join(out, "compare.png"))
+        fig, _ = shown.plot()
+        save(fig, os.path.join(out, "compare.png"))
         plot_accuracy(cmp, os.path.join(out, "accuracy.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
