@@ -341,8 +341,18 @@ def test_bad_runs_and_targets_are_refused():
         nk.design_policy(sur, 5, target=2 * L0)
     with pytest.raises(ValueError, match=r"must lie in \(0, 2\)"):
         nk.design_policy(sur, 5, c_max=2.0)
+    # A cross-entropy plant (two classes, kernels Θ ⊗ I_2) runs, but has no certificate.
+    labels = lambda y: (y[:, 0] > 0).astype(jnp.int32)
+    two = nk.Dataset(
+        data.x_train, labels(data.y_train), data.x_test, labels(data.y_test), num_classes=2
+    )
+    g = _grid(data)
+    blocks = lambda k: jnp.einsum("gij,ab->giajb", k, jnp.eye(2)).reshape(
+        k.shape[0], 2 * k.shape[1], 2 * k.shape[2]
+    )
+    ce_grid = nk.KernelGrid(g.nodes, blocks(g.kernel_train), blocks(g.kernel_test), n_outputs=2)
+    ce = nk.ScheduledDescentProblem(ce_grid, two, loss="cross_entropy")
     with pytest.raises(ValueError, match="mean MSE"):
-        ce = nk.ScheduledDescentProblem(_grid(data), data, loss="cross_entropy")
         nk.step_certificate(ce, nk.descend(ce, P.Constant(0.1), 3))
 
 
