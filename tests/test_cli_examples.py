@@ -91,7 +91,16 @@ def test_cli_rejects_bad_arguments(tmp_path):
     assert proc.returncode != 0 and "--t-end must be positive" in proc.stderr
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+# The two longest examples (tuning a grid; two processes, which the distributed test also
+# runs) are long tests.
+_LONG = ("tune_grid.py", "multiprocess.py")
+
+
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in _LONG else p for p in EXAMPLES],
+    ids=[p.name for p in EXAMPLES],
+)
 def test_example_runs(script, tmp_path):
     _run_python(script, tmp_path)
 

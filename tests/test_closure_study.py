@@ -87,6 +87,7 @@ def test_unet_is_fully_convolutional_and_checks_sizes():
     assert h.widths == (4, 8, 16) and h.hyperparameters()["norm"] == "group"
 
 
+@pytest.mark.slow
 def test_unet_ntk_agrees_with_reference():
     # The structured engine taps the U-Net's convolutions (through pooling, upsampling and
     # concatenation) and contracts group-norm scales as Jacobians: it must agree with the
@@ -212,6 +213,7 @@ def test_kernel_machine_interpolates_its_training_images():
     assert m.loo_iou <= 1.0 and m.ridge == 1e-9
 
 
+@pytest.mark.slow
 def test_path_kernel_is_the_sum_of_step_kernels():
     # Two SGD steps of two images each (one epoch): each image's column holds η/B times
     # the tangent kernel at the weights of the step that used it, and nothing else.

@@ -152,6 +152,7 @@ def _sgd_step(opt, loss, p, s):
     return optax.apply_updates(p, updates), s
 
 
+@pytest.mark.slow
 def test_ensemble_equals_loop():
     model, data = small_sine()
     problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))

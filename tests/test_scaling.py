@@ -61,6 +61,7 @@ def test_krylov_basis_of_full_dimension_is_exact(schedule):
         assert rel_max(getattr(b, f), getattr(a, f)) < 1e-9, f
 
 
+@pytest.mark.slow
 def test_krylov_basis_error_estimate_tracks_the_error():
     # n = 60, a stiff spectrum (c·λ_max·τ ≈ 100 per piece) and dim = 8..30: a budget too
     # small for the tolerance must say so in the result, and one large enough must not.
@@ -139,6 +140,7 @@ def _shared_pair(k=3):
     return data, shared, full
 
 
+@pytest.mark.slow
 def test_shared_grid_equals_kronecker_dense_grid():
     data, shared, full = _shared_pair()
     ts = jnp.linspace(0.0, 3.0, 11)

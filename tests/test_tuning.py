@@ -74,7 +74,7 @@ def test_parameterisation_keeps_order_and_inverts():
         assert bool(jnp.all(jnp.diff(x) >= 0)) and x[0] == 0.0 and x[-1] == 5.0
 
 
-@pytest.mark.parametrize("nodes", ["schedule", "time"])
+@pytest.mark.parametrize("nodes", ["schedule", pytest.param("time", marks=pytest.mark.slow)])
 def test_gradient_equals_central_differences(nodes):
     # Nodes off the solver's step lattice and off the saved times (where weights have kinks).
     times = (0.0, 0.637, 1.291, 2.0)
@@ -93,6 +93,7 @@ def test_gradient_equals_central_differences(nodes):
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_adjoints_agree():
     # Smooth (C²) weights: with hat functions the kernel has kinks in t at the nodes and the
     # discretise-then-optimise gradient converges only like the local step size there
@@ -117,6 +118,7 @@ def test_adjoints_agree():
     np.testing.assert_allclose(grads["DirectAdjoint"], base, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_linear_model_objective_is_zero_and_stays_zero():
     # A linear model's NTK never changes: every grid is exact, J = 0 up to solver tolerance.
     p = _problem(linear=True)
@@ -155,6 +157,7 @@ def test_tuning_returns_best_iterate_and_reduces_error(optimiser, adjoint):
     assert res.objective < 0.9 * res.initial_objective
 
 
+@pytest.mark.slow
 def test_time_nodes_on_loss_schedule_move_kernels():
     p = _problem(schedule=S.LossLevel())
     _, model, ref = _setup()

@@ -20,6 +20,7 @@ def test_fit_slope_recovers_power_law():
     np.testing.assert_allclose(list(slopes(runs)["ntk"].values()), [-1.0] * len(METRICS))
 
 
+@pytest.mark.slow
 def test_cli_quick(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     _cli_widths.add_arguments(parser)
