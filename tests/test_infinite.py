@@ -1,5 +1,5 @@
-"""Infinite-width NNGP/NTK: analytic cases, seed 004's two-layer formula, quadrature vs closed
-forms, Monte-Carlo averages of finite networks, convergence in width, blocking, bad input."""
+"""Infinite-width NNGP/NTK: analytic cases, the two-layer mean-over-neurons formula, quadrature vs
+closed forms, Monte-Carlo averages of finite networks, convergence in width, blocking, bad input."""
 
 import math
 
@@ -69,7 +69,7 @@ def test_seed004_two_layer_relu_ntk_approaches_closed_form(m):
     x = _x(6, d, seed=1)
     net = _seed004_net(d, m, seed=2)
     emp = nk.ntk(net, x)[:, :, 0, 0]
-    # The empirical NTK is the mean over neurons of i.i.d. terms T_i (seed 004's sum); rebuild
+    # The empirical NTK is the mean over neurons of i.i.d. terms T_i (the two-layer sum); rebuild
     # them from the weights: its mean must *equal* ntkode's ntk (agreement) ...
     a, v = net.layers[0].weight, net.layers[1].weight[0]
     pre = np.asarray(x @ a.T)  # (n, m)

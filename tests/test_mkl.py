@@ -1,4 +1,5 @@
-"""Gated-ReLU NTK as multiple kernel learning, and the optimal weights (seed 001)."""
+"""Gated-ReLU NTK as multiple kernel learning, and the optimal weights (Dwaraknath, Ergen and
+Pilanci 2023, "Fixing the NTK: from neural network linearizations to exact convex programs")."""
 
 import json
 import math
