@@ -40,6 +40,10 @@ STYLE = {
 KINDS = ("loss", "outputs", "residual", "error")
 
 
+# With dθ/dt = −η∇L, one unit of flow time is one full-batch gradient step of size η.
+_T_LABEL = "training time t (≈ t gradient steps of size η)"
+
+
 def pyplot() -> Any:
     """`matplotlib.pyplot`, with ntkode's figure style applied (a clear error if missing)."""
     try:
@@ -102,7 +106,7 @@ def _draw(ax, kind, sol, *, label, split, examples, output, reference, **style) 
         if sol.y_test.shape[0]:
             test_style = {**style, "color": line.get_color(), "ls": "--", "lw": 1}
             ax.semilogy(t, np.asarray(sol.test_loss), **test_style)
-        ax.set(xlabel="t", ylabel="loss (solid train, dashed test)")
+        ax.set(xlabel=_T_LABEL, ylabel="loss (solid train, dashed test)")
     elif kind == "outputs":
         if not 0 <= output < u.shape[-1]:
             raise ValueError(f"`output` {output} is out of range: the model has {u.shape[-1]}.")
@@ -111,11 +115,11 @@ def _draw(ax, kind, sol, *, label, split, examples, output, reference, **style) 
             first = label if i == 0 else None
             (line,) = ax.plot(t, np.asarray(u[:, j, output]), color=color, label=first, **style)
             color = line.get_color()  # one colour per solution, one line per example
-        ax.set(xlabel="t", ylabel=f"{split} output {output}")
+        ax.set(xlabel=_T_LABEL, ylabel=f"{split} output {output}")
     elif kind == "residual":
         r = np.asarray(jnp.sqrt(jnp.sum((u - y) ** 2, axis=(-2, -1))))
         ax.semilogy(t, r / (r[0] if r[0] > 0 else 1.0), label=label, **style)
-        ax.set(xlabel="t", ylabel=f"‖u(t) − Y‖ / ‖u(0) − Y‖ ({split})")
+        ax.set(xlabel=_T_LABEL, ylabel=f"‖u(t) − Y‖ / ‖u(0) − Y‖ ({split})")
     else:  # "error"
         if reference is None:
             raise ValueError("kind='error' measures against a reference: pass `reference=`.")
@@ -123,7 +127,7 @@ def _draw(ax, kind, sol, *, label, split, examples, output, reference, **style) 
             raise ValueError("`reference` is a solution of other data; compare like with like.")
         ts, err = _error_curve(sol, reference, split)
         ax.plot(ts, err, label=label, **style)
-        ax.set(xlabel="t", ylabel=f"‖u(t) − u_ref(t)‖ / ‖u_ref(0) − Y‖ ({split})")
+        ax.set(xlabel=_T_LABEL, ylabel=f"‖u(t) − u_ref(t)‖ / ‖u_ref(0) − Y‖ ({split})")
 
 
 def _as_named(obj: Any) -> dict[str, Solution]:
@@ -249,7 +253,13 @@ def plot_comparison(
                 reference=ref,
                 **style,
             )
-        ax.set_title({"loss": "Loss", "outputs": "Outputs", "residual": "Residual"}.get(kind, kind))
+        ax.set_title(
+            {
+                "loss": "Train and test loss of every method",
+                "outputs": f"{split.capitalize()} outputs against {cmp.reference_name}",
+                "residual": f"{split.capitalize()} residual of every method",
+            }.get(kind, kind)
+        )
         if kind == "error":
             ax.set_title(f"Error against {cmp.reference_name}")
         ax.legend()

@@ -324,6 +324,11 @@ def classification_study(
         keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
         shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
         fig, _ = shown.plot()
+        fig.suptitle(
+            f"digits ({model}, n = {data.n_train}): the true gradient flow against the frozen "
+            "NTK and the G = 8 scheduled grids (output-traced kernels)"
+        )
+        fig.tight_layout()  # again, now with the suptitle
         save(fig, os.path.join(out, "compare.png"))
         plot_accuracy(cmp, os.path.join(out, "accuracy.png"))
         if grid_sizes:

@@ -271,6 +271,11 @@ def compare_study(
         keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
         shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
         fig, _ = shown.plot()
+        fig.suptitle(
+            f"sine ({activation}, width {width}, n = {n_train}): the true gradient flow against "
+            "the frozen NTK and the G = 8 scheduled grids"
+        )
+        fig.tight_layout()  # again, now with the suptitle
         save(fig, os.path.join(out, "compare.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
