@@ -34,7 +34,7 @@ from ..._core._compare import Comparison
 from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._metrics import accuracy, classification_metrics
 from ..._core._solve import timed_solve
-from ..._plot import pyplot, save
+from ..._plot import pyplot
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._interp import PiecewiseConstant
 from ..._scheduled._problem import ScheduledKernelProblem, ScheduleRangeWarning
@@ -44,6 +44,7 @@ from ._scheduled_rows import (
     INTERPOLATIONS,
     SCHEDULES,
     node_times,
+    plot_comparison,
     plot_error_vs_grid,
     saveat_with_nodes,
 )
@@ -319,17 +320,13 @@ def classification_study(
         lambda s: s.weights, true, None, is_leaf=lambda x: x is None
     )
     if out:
-        shown = Comparison("true")
-        shown.rows = cmp.rows
-        keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
-        shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
-        fig, _ = shown.plot()
-        fig.suptitle(
+        plot_comparison(
+            cmp,
+            schedules,
             f"digits ({model}, n = {data.n_train}): the true gradient flow against the frozen "
-            "NTK and the G = 8 scheduled grids (output-traced kernels)"
+            "NTK and the G = 8 scheduled grids (output-traced kernels)",
+            os.path.join(out, "compare.png"),
         )
-        fig.tight_layout()  # again, now with the suptitle
-        save(fig, os.path.join(out, "compare.png"))
         plot_accuracy(cmp, os.path.join(out, "accuracy.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))

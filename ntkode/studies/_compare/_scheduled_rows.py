@@ -14,7 +14,7 @@ import numpy as np
 
 from ..._core._compare import Comparison
 from ..._core._solve import timed_solve
-from ..._plot import pyplot
+from ..._plot import pyplot, save
 from ..._scheduled._certify import certify
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._interp import Linear, PiecewiseConstant, Smoothstep
@@ -195,4 +195,22 @@ def plot_error_vs_grid(cmp: Comparison, path: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["KernelCache", "add_scheduled_rows", "node_times", "plot_error_vs_grid"]
+def plot_comparison(cmp: Comparison, schedules: Sequence[str], title: str, path: str) -> None:
+    """The figure `compare.png`: the reference, the frozen kernel and the G = 8 grids."""
+    shown = Comparison(cmp.reference_name)
+    shown.rows = cmp.rows
+    keep = (cmp.reference_name, "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
+    shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
+    fig, _ = shown.plot()
+    fig.suptitle(title)
+    fig.tight_layout()  # again, now with the suptitle
+    save(fig, path)
+
+
+__all__ = [
+    "KernelCache",
+    "add_scheduled_rows",
+    "node_times",
+    "plot_comparison",
+    "plot_error_vs_grid",
+]

@@ -15,10 +15,15 @@ from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._model import partition
 from ..._core._records import solution_arrays, solution_from_arrays
 from ..._core._solve import timed_solve
-from ..._plot import save
 from .._problems import sine_problem
 from .._run import StudyRecord, machine_line
-from ._scheduled_rows import add_scheduled_rows, node_times, plot_error_vs_grid, saveat_with_nodes
+from ._scheduled_rows import (
+    add_scheduled_rows,
+    node_times,
+    plot_comparison,
+    plot_error_vs_grid,
+    saveat_with_nodes,
+)
 
 #: The full study's problem (the **sine** reference problem).
 FULL = dict(width=512, depth=2, n_train=256, n_test=256, dim=8, t_end=50.0)
@@ -266,17 +271,13 @@ def compare_study(
         _done(log, stage)
 
     if out:
-        shown = Comparison("true")
-        shown.rows = cmp.rows
-        keep = ("true", "frozen") + tuple(f"scheduled_{s}_G8" for s in schedules)
-        shown.solutions = {k: v for k, v in cmp.solutions.items() if k in keep}
-        fig, _ = shown.plot()
-        fig.suptitle(
+        plot_comparison(
+            cmp,
+            schedules,
             f"sine ({activation}, width {width}, n = {n_train}): the true gradient flow against "
-            "the frozen NTK and the G = 8 scheduled grids"
+            "the frozen NTK and the G = 8 scheduled grids",
+            os.path.join(out, "compare.png"),
         )
-        fig.tight_layout()  # again, now with the suptitle
-        save(fig, os.path.join(out, "compare.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
         if any(k.startswith("tuned_") for k in cmp.rows):
