@@ -350,3 +350,58 @@ def test_floor_quick_end_to_end(tmp_path):
     for name in ("flips.png", "kernel_motion.png", "error_vs_time.png", "error_vs_beta.png",
                  "remedies.png"):  # fmt: skip
         assert os.path.getsize(out / name) > 10_000
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def test_floor_study_resumes_the_relu_part_and_each_finished_beta(tmp_path, monkeypatch):
+    """An interrupted study keeps the ReLU part and the finished β; a rerun computes only
+    the β that is missing (the heavy stages are replaced by stand-ins that count calls)."""
+    from ntkode.studies._floor import _figures, _study
+
+    calls = {"relu": 0, "beta": []}
+    base = _record({2: 0.17, 8: 0.044, 32: 0.041}, {2: 0.16, 8: 0.031, 32: 0.006}, 0.12)
+    for row in base["grids"]["point"].values():
+        row["test_error"] = 2 * row["train_error"]
+    base["truth"]["reference"]["success"] = base["truth"]["loose"]["success"] = True
+    base["patterns"]["mean_flip_rate"]["0.2"] = [0.002, 0.05]  # at the sweep's spacing
+
+    def relu_stages(relu, result, *args):
+        calls["relu"] += 1
+        part = {k: base[k] for k in _study.RELU_KEYS}
+        result.update(part)
+        return {**part, "coarse_velocity_excess": 0.1}
+
+    def sweep_point(activation, *args):
+        if activation.beta == 16.0 and calls["fail"]:
+            raise RuntimeError("stopped")
+        calls["beta"].append(activation.beta)
+        point = {"train_error": 0.01 / activation.beta, "test_error": 0.02}
+        return {**base["sweep"]["4"], "errors": {"8": point}, "flip_rate": [0.0, 0.0],
+                "g8_train_error": point["train_error"], "g8_test_error": point["test_error"],
+                "steps": 3, "success": True}  # fmt: skip
+
+    monkeypatch.setattr(_study, "_relu_stages", relu_stages)
+    monkeypatch.setattr(_study, "_sweep_point", sweep_point)
+    monkeypatch.setattr(_figures, "plot_all", lambda result, out: [])
+    kw = dict(width=4, n_train=4, n_test=4, dim=2, t_end=2.0, grid_sizes=(2, 8),
+              betas=(4.0, 16.0, math.inf), soft_betas=(64.0,), out=str(tmp_path),
+              log=lambda s: None)  # fmt: skip
+    calls["fail"] = True
+    with pytest.raises(RuntimeError, match="stopped"):
+        floor_study(**kw)
+    with open(tmp_path / "results.json") as f:
+        saved = json.load(f)
+    assert set(saved["parts"]) == {"relu", "beta_4"} and saved["status"] == "running"
+    calls["fail"] = False
+    result = floor_study(**kw)
+    assert calls["relu"] == 1 and calls["beta"] == [4.0, 16.0]  # β = 4 was not recomputed
+    assert list(result["sweep"]) == ["4", "16", "inf"]
+    assert result["sweep"]["16"]["g8_train_error"] == pytest.approx(0.01 / 16)
+    assert result["grids"] == base["grids"]
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)["status"] == "finished"
+    # Other settings start afresh: everything is recomputed.
+    floor_study(**{**kw, "t_end": 3.0})
+    assert calls["relu"] == 2 and calls["beta"] == [4.0, 16.0, 4.0, 16.0]

@@ -214,6 +214,11 @@ class StudyRecord:
     def values(self) -> list[Any]:
         return list(self.parts.values())
 
+    def update(self, **extra) -> None:
+        """Update the study's summary fields written beside the parts; rewrite `results.json`."""
+        self.extra.update(extra)
+        self._save("running")
+
     def finish(self, **extra) -> None:
         """Mark the study finished (with its total wall seconds and the machine's load)."""
         self.extra.update(extra)

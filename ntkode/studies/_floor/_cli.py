@@ -4,6 +4,8 @@ import argparse
 import math
 import os
 
+from .._run import add_resume_arguments, resume_option
+
 NAME = "floor"
 HELP = (
     "The floor of point-sampled kernel grids on ReLU sine: activation flips, kernel jumps vs "
@@ -48,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--soft-betas", type=_beta, nargs="+", default=[64.0, 256.0],
         help="β of the soft-gated kernels at the ReLU weights",
     )  # fmt: skip
+    add_resume_arguments(p)
 
 
 def run(args) -> int:
@@ -72,6 +75,7 @@ def run(args) -> int:
         soft_betas=tuple(args.soft_betas),
         quick=args.quick,
         out=args.out,
+        resume=resume_option(args),
         log=lambda s: print(s, flush=True),
     )
     print()

@@ -24,18 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
 import numpy as np
 
 from ... import KernelGrid
-from ..._core._records import write_json
 from .._problems import SoftplusBeta, sine_problem
+from .._run import StudyRecord
 from ._kernels import RunKernels, kernel_motion, relative_change
 from ._measures import on_grid, save_times, scheduled_error, solve_truths, velocity_excess
 from ._patterns import pinned_ratio, record_patterns
 
 DEFAULT_BETAS = (1.0, 4.0, 16.0, 64.0, math.inf)
+#: The parts of the record measured on the ReLU truth (stages 1–4).
+RELU_KEYS = ("truth", "patterns", "kernel_motion", "jump_vs_lag", "velocity_excess", "grids")
 
 #: `--quick`: the whole pipeline on a small problem (well under a minute on 2 cores).
 QUICK: dict[str, Any] = dict(
@@ -79,6 +80,7 @@ def floor_study(
     chatter_flips: int = 4,
     quick: bool = False,
     out: str | None = "floor-out",
+    resume: bool | None = None,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     r"""Measure why kernel grids hit a floor on ReLU networks, on **sine**.
@@ -106,6 +108,10 @@ def floor_study(
     - `chatter_flips`: a pair flipping at least this often over the run counts as chattering.
     - `quick`: the small problem of `QUICK` (a smoke test of the pipeline).
     - `out`: folder for `results.json` and the figures (`None`: write nothing).
+    - `resume`: a rerun into the same `out` with the same settings skips what the record
+      holds: the ReLU stages 1–4 (one part; its weights are not saved) and each finished β of
+      the sweep (`None`, the default; `True` refuses other settings, `False` starts afresh;
+      see [`ntkode.studies.StudyRecord`][]).
     - `log`: where the one-line-per-stage progress goes.
 
     **Returns:** the record written to `results.json` (see the keys there).
@@ -138,14 +144,13 @@ def floor_study(
         },
         "seconds": {},
     }  # fmt: skip
-    json_path = os.path.join(out, "results.json") if out else None
+    record = StudyRecord(out, "floor", result["settings"], resume=resume, log=log)
 
     def checkpoint():
         result["seconds"]["total"] = clock.total()
         result["seconds"]["cpu"] = time.process_time() - cpu_start
         result["load_average"] = list(os.getloadavg())
-        if json_path:
-            write_json(json_path, result)
+        record.update(**{k: v for k, v in result.items() if k != "settings"})
 
     relu = sine_problem(**size, t_end=T, seed=seed, activation="relu")
     log(
@@ -154,8 +159,102 @@ def floor_study(
         f"load average {os.getloadavg()[0]:.1f}"
     )
 
-    # [1] The ReLU truth, twice; states saved on the sample grid, the nodes and a fine window.
+    # [1–4] The ReLU truth and everything measured on it: one part of the record.
     nodes = {G: np.linspace(0.0, T, G) for G in sorted({*sizes, *remedy})}
+    if "relu" in record:
+        part = record.get("relu")
+        log("[1–4/6] ReLU truth, patterns, kernel motion, grids: resumed from the record")
+    else:
+        part = _relu_stages(relu, result, cfg, nodes, sizes, remedy, T, dt, rtol, loose,
+                            fine_factor, window, chatter_flips, clock, checkpoint, log)  # fmt: skip
+        record.put("relu", part)
+        part = record.get("relu")  # as it reads back from the record, resumed or not
+    result.update({k: part[k] for k in RELU_KEYS})
+    truth, grids = result["truth"], result["grids"]
+    checkpoint()
+
+    # [5] The sweep from smooth to ReLU, at G = 8 and at the largest G (where a floor shows).
+    sweep_sizes = sorted({8, max(sizes)})
+    sweep: dict[str, dict[str, Any]] = {}
+    for beta in cfg["betas"]:
+        name = _beta_name(beta)
+        if math.isinf(beta):
+            sweep[name] = {
+                "g8_train_error": grids["point"]["8"]["train_error"],
+                "g8_test_error": grids["point"]["8"]["test_error"],
+                "errors": {
+                    str(G): {k: grids["point"][str(G)][k] for k in ("train_error", "test_error")}
+                    for G in sweep_sizes
+                },
+                "uncertainty_train": truth["uncertainty_train"],
+                "uncertainty_test": truth["uncertainty_test"],
+                "steps": truth["reference"]["steps"],
+                "steps_loose": truth["loose"]["steps"],
+                "success": truth["reference"]["success"] and truth["loose"]["success"],
+                "flip_rate": result["patterns"]["mean_flip_rate"][f"{2 * dt:g}"],
+                "velocity_excess": part["coarse_velocity_excess"],
+            }
+        elif f"beta_{name}" in record:
+            sweep[name] = record.get(f"beta_{name}")
+            log(f"  β={name}: resumed from the record")
+        else:
+            sweep[name] = _sweep_point(
+                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt,
+                {G: nodes[G] for G in sweep_sizes}, rtol, loose,
+                lambda m, b=name: log(f"  β={b}:{m}"),
+            )  # fmt: skip
+            record.put(f"beta_{name}", sweep[name])
+            sweep[name] = record.get(f"beta_{name}")
+        s = sweep[name]
+        log(
+            f"    β={name}: train error "
+            + ", ".join(f"{e['train_error']:.2%} (G={g})" for g, e in s["errors"].items())
+            + f" (truth ±{s['uncertainty_train']:.2%}), flip rate {_layers(s['flip_rate'])}, "
+            f"velocity excess {s['velocity_excess']:+.2%}, {s['steps']} steps"
+        )
+        result["sweep"] = sweep
+        checkpoint()
+    clock.stage("5/6 sweep softplus(βx)/β → ReLU", f"β in {list(sweep)}")
+
+    # [6] What the numbers say, and the figures.
+    result["summary"] = summarise(result)
+    result["seconds"].update(clock.seconds)
+    checkpoint()
+    if out:
+        from ._figures import plot_all
+
+        result["figures"] = plot_all(result, out)
+    clock.stage("6/6 summary and figures", f"wrote {out or 'nothing'}")
+    result["seconds"].update(clock.seconds)
+    checkpoint()
+    record.finish()
+    return result
+
+
+def _relu_stages(
+    relu,
+    result,
+    cfg,
+    nodes,
+    sizes,
+    remedy,
+    T,
+    dt,
+    rtol,
+    loose,
+    fine_factor,
+    window,
+    chatter_flips,
+    clock,
+    checkpoint,
+    log,
+) -> dict[str, Any]:
+    """Stages 1–4 on the ReLU truth (one resumable part: its weights are too large to save).
+
+    Writes `truth`, `patterns`, `kernel_motion`, `jump_vs_lag`, `velocity_excess` and `grids`
+    into `result` as they finish and returns them, with the velocity excess at the sweep's
+    sampling (for the sweep's β = ∞ entry)."""
+    # [1] The ReLU truth, twice; states saved on the sample grid, the nodes and a fine window.
     fine_start = round(0.4 * T / dt) * dt
     fine = fine_start + (dt / fine_factor) * np.arange(int(round(1.0 / dt)) * fine_factor + 1)
     fine = fine[fine <= T]
@@ -275,61 +374,7 @@ def floor_study(
         + ", ".join(f"{k} {v['8']['train_error']:.2%}" for k, v in grids.items() if "8" in v)
         + f" (truth ±{truth['uncertainty_train']:.2%})",
     )
-    checkpoint()
-    # The weights (the largest arrays by far) are no longer needed.
-    del kernels, soft_models
-    ref = eqx.tree_at(lambda r: r.weights, ref, None, is_leaf=lambda x: x is None)
-
-    # [5] The sweep from smooth to ReLU, at G = 8 and at the largest G (where a floor shows).
-    sweep_sizes = sorted({8, max(sizes)})
-    sweep: dict[str, dict[str, Any]] = {}
-    for beta in cfg["betas"]:
-        name = _beta_name(beta)
-        if math.isinf(beta):
-            sweep[name] = {
-                "g8_train_error": grids["point"]["8"]["train_error"],
-                "g8_test_error": grids["point"]["8"]["test_error"],
-                "errors": {
-                    str(G): {k: grids["point"][str(G)][k] for k in ("train_error", "test_error")}
-                    for G in sweep_sizes
-                },
-                "uncertainty_train": truth["uncertainty_train"],
-                "uncertainty_test": truth["uncertainty_test"],
-                "steps": truth["reference"]["steps"],
-                "steps_loose": truth["loose"]["steps"],
-                "success": truth["reference"]["success"] and truth["loose"]["success"],
-                "flip_rate": result["patterns"]["mean_flip_rate"][f"{2 * dt:g}"],
-                "velocity_excess": coarse["median"],
-            }
-        else:
-            sweep[name] = _sweep_point(
-                SoftplusBeta(beta, centred=centred), size, T, seed, 2 * dt,
-                {G: nodes[G] for G in sweep_sizes}, rtol, loose,
-                lambda m, b=name: log(f"  β={b}:{m}"),
-            )  # fmt: skip
-        s = sweep[name]
-        log(
-            f"    β={name}: train error "
-            + ", ".join(f"{e['train_error']:.2%} (G={g})" for g, e in s["errors"].items())
-            + f" (truth ±{s['uncertainty_train']:.2%}), flip rate {_layers(s['flip_rate'])}, "
-            f"velocity excess {s['velocity_excess']:+.2%}, {s['steps']} steps"
-        )
-        result["sweep"] = sweep
-        checkpoint()
-    clock.stage("5/6 sweep softplus(βx)/β → ReLU", f"β in {list(sweep)}")
-
-    # [6] What the numbers say, and the figures.
-    result["summary"] = summarise(result)
-    result["seconds"].update(clock.seconds)
-    checkpoint()
-    if out:
-        from ._figures import plot_all
-
-        result["figures"] = plot_all(result, out)
-    clock.stage("6/6 summary and figures", f"wrote {out or 'nothing'}")
-    result["seconds"].update(clock.seconds)
-    checkpoint()
-    return result
+    return {**{k: result[k] for k in RELU_KEYS}, "coarse_velocity_excess": coarse["median"]}
 
 
 def _sweep_point(activation, size, T, seed, dt, nodes, rtol, loose, log) -> dict[str, Any]:

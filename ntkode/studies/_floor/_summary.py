@@ -66,7 +66,8 @@ def sentences(result: dict[str, Any]) -> list[str]:
             else "the count hardly depends on the sampling, as for crossings of a kink."
         )
     )
-    pinned = pats["pinned_ratio"]
+    # NaN (no chattering pair in a layer) reads back from `results.json` as `None`.
+    pinned = [math.nan if p is None else p for p in pats["pinned_ratio"]]
     share = _percent_layers(pats["flips_by_chattering_pairs"])
     out.append(
         f"{_percent_layers(pats['pairs_chattering'])} of pairs (layer 1 / 2) flip at least "
