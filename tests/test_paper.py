@@ -50,13 +50,13 @@ def test_quoted_numbers_equal_their_records(tmp_path):
         "runs": {"relu": {"time": curve}, "softplus": {"time": dict(curve, r0=5.57)}},
     })  # fmt: skip
     (tmp_path / "runs.json").write_text(
-        json.dumps({"build": {"seconds": 126.0, "cpus": 2, "load_average": [7.5, 1, 1]}})
+        json.dumps({"build": {"seconds": 126.0, "cpus": 2, "load_average": [7.5, 1, 1], "jobs": 2}})
     )
     text = build.write_paper(tmp_path, True, json.loads((tmp_path / "runs.json").read_text()))
     assert check_numbers(tmp_path) > 30
     # The numbers are the records' (the best time grid is G = 8 at 4.56%), in their format.
     assert "(G = 8) by 4.56%" in text and "| 5.3 | 0.108 | [0.05, 0.167] | 3.95 |" in text
-    assert "quick build" in text and "2.1 min" in text
+    assert "quick build" in text and "2.1 min on 2 CPUs, 2 studies at a time" in text
     # Studies without a record are reported per section, and the build did not stop.
     assert text.count("(study not available in this build: missing") == 7
     assert "## 7. NTK vs optimal MKL" in text
