@@ -14,8 +14,8 @@ shape is measured in the same run; the achieved fraction of that rate is printed
 
 When the neural-tangents virtualenv exists (`$NT_PYTHON`, `../../ntvenv/bin/python` or
 `~/.cache/ntvenv/bin/python`, built by `setup_ntvenv.sh`), `nt_bench.py` runs as a subprocess
-in the same run (after ntkode, so the two never compete for cores), its times (best of 5)
-are parsed, and the ratios
+in the same run, case by case right after ntkode's (so the two never compete for cores and
+see about the same load), its times (best of 5) are parsed, and the ratios
 
 - `auto / NT best`: ntkode's default (eager, best of 5) against neural-tangents' fastest
   implementation (jitted, best of 5),
@@ -24,7 +24,8 @@ are parsed, and the ratios
 are printed (< 1 means ntkode is faster), with the load average beside every figure.
 Machines are noisy: compare ratios from one run.
 
-    python benchmarks/ntk.py [--quick] [--out results.json] [--cases cnn] [--large 20000]
+    python benchmarks/ntk.py [--quick] [--out results.json] [--cases cnn] [--nt-impls 1,3]
+        [--large 20000]
 
 `--large N` instead measures one blocked train kernel of the **sine** MLP (8→512→512→1)
 with N examples, in a subprocess, and prints its time and peak resident memory.
@@ -49,6 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import ntkode as nk  # noqa: E402
+from ntkode._ntk._base import _MIN_SYMMETRIC_BLOCK  # noqa: E402
 
 NT_PYTHON = next(
     (
@@ -140,7 +142,7 @@ OWN_CASES = [
 def symmetric_fraction(n: int) -> float:
     """Share of the `n²` kernel entries the unblocked `x2=None` path computes: with `m`
     row blocks (`ntkode/_ntk/_base.py`, `symmetric_contract`), `m(m+1)/2` of `m²` blocks."""
-    m = min(4, n // 128)
+    m = min(4, n // _MIN_SYMMETRIC_BLOCK)
     return 1.0 if m < 2 else (m + 1) / (2 * m)
 
 
@@ -227,10 +229,8 @@ def time_ntkode(quick, cases):
     return rows
 
 
-def _nt_command(only):
-    """`nt_bench.py` itself, or (with `--cases`) its source restricted to those cases."""
-    if only is None:
-        return [NT_PYTHON, NT_BENCH]
+def _nt_command(only, impls):
+    """`nt_bench.py`'s source restricted to the cases named in `only` and to `impls`."""
     src = open(NT_BENCH).read()
     src = src.replace("os.path.dirname(os.path.abspath(__file__))", repr(os.path.dirname(NT_BENCH)))
     src = src.replace(
@@ -239,10 +239,11 @@ def _nt_command(only):
         "\nfor name, shape, build, ns in cases:",
         1,
     )
+    src = src.replace("for impl in (1, 2, 3):", f"for impl in {tuple(impls)!r}:", 1)
     return [NT_PYTHON, "-c", src]
 
 
-def time_nt(timeout, cases, only):
+def time_nt(timeout, cases, only, impls=(1, 2, 3)):
     """Run nt_bench.py; return {(case, n): {1: s, 2: s, 3: s}} for the lines it printed."""
     if not (os.path.exists(NT_PYTHON) and os.path.exists(NT_BENCH)):
         print(f"neural-tangents venv or nt_bench.py not found ({NT_PYTHON}); no ratios.")
@@ -250,7 +251,7 @@ def time_nt(timeout, cases, only):
     out = {}
     pattern = re.compile(r"^(.*?)\s+n=\s*(\d+) seconds (\{.*\})\s*$")
     proc = subprocess.Popen(
-        _nt_command(only),
+        _nt_command(only, impls),
         cwd=os.path.dirname(NT_BENCH),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -299,6 +300,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="n=32 only, no neural-tangents run")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--nt-timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--nt-impls",
+        default="1,2,3",
+        help="neural-tangents implementations to time (1 Jacobian, 2 NTK-vector products, "
+        "3 structured); 'NT best' is the best of those timed",
+    )
     ap.add_argument("--large", type=int, default=None, help="time a blocked n×n sine kernel")
     ap.add_argument(
         "--cases", nargs="+", default=None, help="only cases whose name contains one of these"
@@ -310,8 +317,15 @@ def main():
     print(f"devices: {jax.devices()}  cores: {os.cpu_count()}", flush=True)
     chosen = lambda c: args.cases is None or any(s in c[0] for s in args.cases)
     cases = [c for c in CASES if chosen(c)]
-    ours = time_ntkode(args.quick, cases + [c for c in OWN_CASES if chosen(c)])
-    theirs = {} if args.quick else time_nt(args.nt_timeout, cases, args.cases)
+    impls = [int(i) for i in args.nt_impls.split(",")]
+    ours, theirs = {}, {}
+    # Case by case, neural-tangents right after ntkode: on a shared machine whose load
+    # changes by the minute, the two halves of a ratio then see about the same machine.
+    for case in cases:
+        ours.update(time_ntkode(args.quick, [case]))
+        if not args.quick:
+            theirs.update(time_nt(args.nt_timeout, [case], [case[0]], impls))
+    ours.update(time_ntkode(args.quick, [c for c in OWN_CASES if chosen(c)]))
     print(
         f"\n{'case':30s} {'n':>5s} {'auto s':>9s} {'jit s':>9s} {'jac s':>9s} {'NT best s':>10s} "
         f"{'NT jac s':>9s} {'auto/NT best':>12s} {'jac/NT jac':>10s} {'eager/jit':>9s} "
@@ -322,7 +336,7 @@ def main():
         nt = theirs.get((name, n))
         nt_best = min(nt.values()) if nt else None
         r1 = f"{row['auto'] / nt_best:12.2f}" if nt else f"{'-':>12s}"
-        r2 = f"{row['jacobian'] / nt[1]:10.2f}" if nt else f"{'-':>10s}"
+        r2 = f"{row['jacobian'] / nt[1]:10.2f}" if nt and 1 in nt else f"{'-':>10s}"
         print(
             f"{name:30s} {n:5d} {row['auto']:9.5f} {row['auto_jit']:9.5f} {row['jacobian']:9.5f} "
             f"{(nt_best or float('nan')):10.5f} {(nt or {}).get(1, float('nan')):9.5f} {r1} {r2} "
@@ -336,7 +350,7 @@ def main():
                 "ntkode": row,
                 "neural_tangents": nt,
                 "auto_over_nt_best": row["auto"] / nt_best if nt else None,
-                "jacobian_over_nt_jacobian": row["jacobian"] / nt[1] if nt else None,
+                "jacobian_over_nt_jacobian": row["jacobian"] / nt[1] if nt and 1 in nt else None,
             }
         )
     print(f"load average now {os.getloadavg()}")

@@ -280,9 +280,9 @@ def test_weight_outputs_contracts_the_kernel_with_output_weights(impl):
 
 
 def test_symmetric_blocks_uneven_split():
-    """x2=None with n ≥ 256 computes only upper blocks (here three unequal ones)."""
+    """x2=None with n ≥ 512 computes only upper blocks (here three unequal ones)."""
     model = eqx.nn.MLP(3, 2, 6, 1, key=_key(14))
-    x = jax.random.normal(_key(15), (389, 3))
+    x = jax.random.normal(_key(15), (901, 3))
     ref = ntk_reference(model, x)
     for impl in ("structured", "jacobian"):
         k = nk.ntk(model, x, implementation=impl)

@@ -93,6 +93,30 @@ def test_gradient_equals_central_differences(nodes):
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-4)
 
 
+def test_power_objective_is_the_aggregate_over_times_and_differentiates():
+    # J = c Σ_t (e_t / c)^{p/2}, e_t = ‖u_sur(t) − u_ref(t)‖², c = max_t e_t at the start:
+    # recomputed here from an independent solve of the same surrogate.
+    times = (0.0, 0.637, 1.291, 2.0)
+    p = eqx.tree_at(lambda q: q.grid.nodes, _problem(), jnp.asarray(times))
+    _, _, ref = _setup()
+    obj, z0 = build_objective(p, ref, power=8, **CONSTANT)
+    sol = nk.solve(p, saveat=ref.t, **CONSTANT)
+    e = np.sum(np.asarray(sol.train - ref.train) ** 2, axis=1)
+    c = e.max()
+    np.testing.assert_allclose(float(obj.unit), c, rtol=1e-10)
+    np.testing.assert_allclose(float(_value(obj, z0)), c * np.sum((e / c) ** 4), rtol=1e-8)
+    # p = 2 is least squares, unchanged.
+    obj2, _ = build_objective(p, ref, **CONSTANT)
+    np.testing.assert_allclose(float(_value(obj2, z0)), e.sum(), rtol=1e-8)
+    value, grad = objective_and_gradient(obj, z0, obj.options.adjoint)
+    fd = _central_differences(obj, z0)
+    assert np.all(np.abs(fd) > 1e-10 * float(value))
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-4)
+    for bad in (3, 1.0, float("inf"), True, "max"):
+        with pytest.raises(ValueError, match="`power` must be 2"):
+            build_objective(p, ref, power=bad)
+
+
 @pytest.mark.slow
 def test_adjoints_agree():
     # Smooth (C²) weights: with hat functions the kernel has kinks in t at the nodes and the

@@ -2,7 +2,10 @@ r"""The tuning objective: surrogate-vs-reference discrepancy as a function of no
 
 See [`ntkode.tune_grid`][] (`ntkode/_tuning/_tune.py`) for the mathematics. Here: the
 order-keeping node parameterisation and the objective module with its jitted value and
-gradient. The end nodes stay where they are (they are where the grid must reach) and the
+gradient. The discrepancy per saved time is aggregated over times with an exponent $p$
+(`power`): $p = 2$ is least squares, larger $p$ weights the worst times more, and
+$p \to \infty$ approaches the max error over time that [`ntkode.trajectory_errors`][]
+reports. The end nodes stay where they are (they are where the grid must reach) and the
 interior nodes are $s_1 + (s_G - s_1)\,\mathrm{cumsum}(\mathrm{softmax}([0, z]))$: positive
 increments with one free logit per interior node, so order is kept by construction and
 nothing is ever clipped.
@@ -54,6 +57,17 @@ class _Objective(eqx.Module):
     options: ResolvedOptions
     u_ref: Float[Array, "T n k"]
     us_ref: Float[Array, "T m k"] | None
+    power: float = eqx.field(static=True, default=2.0)
+    # For power != 2: the largest squared discrepancy over saved times at the initial nodes,
+    # the unit that keeps J on the least-squares scale (`c Σ_t (e_t / c)^{p/2}`, `e_t = ‖r_t‖²`).
+    unit: Any = 1.0
+
+    def with_unit(self) -> "_Objective":
+        """This objective with `unit` measured at the initial nodes (`power != 2` only)."""
+        if self.power == 2:
+            return self
+        e = _per_time(self, nodes_to_logits(self.x0))
+        return eqx.tree_at(lambda o: o.unit, self, jnp.max(jnp.concatenate(e)))
 
     def positions(self, z: Float[Array, " G-2"]) -> Float[Array, " G"]:
         """Node positions in the optimised coordinate (scheduling values or times)."""
@@ -66,16 +80,37 @@ class _Objective(eqx.Module):
         """The surrogate at the initial positions exactly (not round-tripped through `z`)."""
         return self.nodes.problem_at(self.problem, self.x0, self.state)
 
-    def residuals(self, z, args=None):
+    def discrepancies(self, z) -> list[Float[Array, "T ..."]]:
+        """Surrogate minus reference at the saved times: train (and test) outputs."""
         sol = self.problem_at(z)._solve(self.solver, self.options)
-        r = (sol.train - self.u_ref).reshape(-1)
+        out = [sol.train - self.u_ref]
         if self.us_ref is not None:
-            r = jnp.concatenate([r, (sol.test - self.us_ref).reshape(-1)])
-        return r
+            out.append(sol.test - self.us_ref)
+        return out
+
+    def residuals(self, z, args=None):
+        r"""The residual vector whose squared norm is $J$.
+
+        `power = 2`: every output at every saved time. Otherwise one residual per saved time
+        (and per output set), $\sqrt{c}\,(e_t / c)^{p/4}$ with $e_t = \|r_t\|^2$: smooth
+        at $e_t = 0$ for $p \ge 4$.
+        """
+        ds = self.discrepancies(z)
+        if self.power == 2:
+            return jnp.concatenate([d.reshape(-1) for d in ds])
+        per_time = [jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=1) for d in ds]
+        per_time = [e + jnp.finfo(e.dtype).tiny for e in per_time]  # finite derivative at 0
+        unit = jnp.asarray(self.unit, per_time[0].dtype)
+        return jnp.concatenate([jnp.sqrt(unit) * (e / unit) ** (self.power / 4) for e in per_time])
 
     def value(self, z, args=None):
         r = self.residuals(z)
         return jnp.sum(r * r)
+
+
+@eqx.filter_jit
+def _per_time(obj, z):
+    return [jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=1) for d in obj.discrepancies(z)]
 
 
 @eqx.filter_jit

@@ -141,6 +141,7 @@ def build_objective(
     *,
     nodes: AbstractNodes = ScheduleNodes(),
     test: bool = False,
+    power: float = 2.0,
     solver: diffrax.AbstractSolver | None = None,
     options: SolveOptions | None = None,
     **solve_kwargs: Any,
@@ -155,6 +156,15 @@ def build_objective(
             f"`problem` must be an ntkode.ScheduledKernelProblem, got {type(problem).__name__}."
         )
     _check_nodes_argument(nodes)
+    if (
+        isinstance(power, bool)
+        or not isinstance(power, int | float)
+        or not (power == 2 or 4 <= power < np.inf)
+    ):
+        raise ValueError(
+            f"`power` must be 2 (least squares) or a finite number >= 4 (the worst times "
+            f"weighted more; smooth at zero error), got {power!r}."
+        )
     moved = sorted({"model", "times", "implementation"} & set(solve_kwargs))
     if moved:
         raise TypeError(
@@ -185,8 +195,9 @@ def build_objective(
         options=opts.resolve(problem),
         u_ref=reference.train.astype(dtype),
         us_ref=reference.test.astype(dtype) if test else None,
+        power=float(power),
     )
-    return obj, nodes_to_logits(x0)
+    return obj.with_unit(), nodes_to_logits(x0)
 
 
 def tune_grid(
@@ -200,6 +211,7 @@ def tune_grid(
     | None = None,
     steps: int = 50,
     test: bool = False,
+    power: float = 2.0,
     solver: diffrax.AbstractSolver | None = None,
     options: SolveOptions | None = None,
     throw: bool = False,
@@ -225,11 +237,18 @@ def tune_grid(
       `optimistix` minimiser (e.g. `optx.BFGS(rtol, atol)`) or least-squares solver (e.g.
       `optx.LevenbergMarquardt(rtol, atol)`, fed the residual vector).
     - `steps`: the most optimiser steps.
+    - `power`: the exponent $p$ of the aggregation over saved times,
+      $J = c\sum_j (e_j / c)^{p/2}$ with $e_j = \|u_{sur}(t_j) - u_{ref}(t_j)\|^2$ and $c$
+      the largest $e_j$ at the initial nodes: `2` (default) is least squares; larger values
+      (`>= 4`; e.g. `8`) weight the worst times more, towards the max error over time that
+      [`ntkode.trajectory_errors`][] reports. Least-squares solvers get one residual per
+      saved time (and output set) then.
     - `solver`, `options`, `**solve_kwargs`: the surrogate solve, as in [`ntkode.solve`][]
       (an [`ntkode.SolveOptions`][] and/or its fields as keywords: `rtol`, `atol`, `dt0`,
       `max_steps`, `stepsize_controller`, and `adjoint`: a diffrax adjoint,
       `RecursiveCheckpointAdjoint()` by default, or `ForwardMode()` for gradients by forward
-      mode). The saved times are the reference's.
+      mode, the default with a least-squares solver, whose Jacobian of many residuals in few
+      node logits forward mode builds in one JVP per logit). The saved times are the reference's.
     - `throw`: as in [`ntkode.solve`][]: raise `RuntimeError` with the result's message if
       tuning did not succeed (instead of returning the result, which carries the code).
     - `log`: optional `print`-like callable for progress lines.
@@ -249,11 +268,18 @@ def tune_grid(
             "`optimiser` must be an optax.GradientTransformation, an optimistix minimiser "
             f"(e.g. optx.BFGS) or least-squares solver, got {type(optimiser).__name__}."
         )
+    least_squares = isinstance(optimiser, optx.AbstractLeastSquaresSolver)
+    given = "adjoint" in solve_kwargs or getattr(options, "adjoint", None) is not None
+    if least_squares and not given:
+        # Few parameters (G - 2 logits), many residuals: the Jacobian in G - 2 JVPs, where
+        # reverse mode would need one VJP per residual.
+        solve_kwargs["adjoint"] = diffrax.ForwardMode()
     obj, z0 = build_objective(
         problem,
         reference,
         nodes=nodes,
         test=test,
+        power=power,
         solver=solver,
         options=options,
         **solve_kwargs,
