@@ -148,7 +148,9 @@ def summarise(
             ),
         },
         "seeds": seeds,
-        "sine_problem": settings["sine_problem"],
+        "problem": settings["problem"],
+        "loss": settings["loss"],
+        f"{settings['problem']}_problem": settings[f"{settings['problem']}_problem"],
         "targets_by_seed": [p["target"] for p in first],
     }
 
