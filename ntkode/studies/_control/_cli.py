@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         default=None,
-        help="constant rates of the grid search (default 12 log-spaced in [0.02, 1.5])",
+        help="constant rates of the grid search (default 12 log-spaced in [0.02, 1.5] on sine, "
+        "[0.05, 4] on digits)",
     )
     parser.add_argument(
         "--design-iterations", type=int, default=None, help="default 40 (--quick: 5)"

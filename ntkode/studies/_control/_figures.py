@@ -71,6 +71,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
     t, g = s["targets"], s["grid_search"]
     lam = t["catapult_lambda_max_over_n"]
+    inv = s["policies"]["inverse_sharpness"]
     lines += [
         "",
         f"grid search: {g['network_runs']} network runs; best constant η = "
@@ -81,6 +82,21 @@ def format_table(result: dict[str, Any]) -> str:
         f"{_fmt(t['certified_ratio'], '.2f')} (target ≤ 0.8)",
         f"prediction: max relative loss error of the surrogate, certified policies = "
         f"{t['prediction_error_certified']:.2f} (target ≤ 0.10)",
+        f"  while above the target: {t['prediction_error_certified_above_target']:.2f}; "
+        "inverse_sharpness on a grid identified on its own run: "
+        + "; ".join(
+            f"{axis} {v['prediction_error']:.2f} "
+            f"(above target {v['prediction_error_above_target']:.2f})"
+            for axis, v in t["prediction_error_identified"].items()
+        ),
+        "  one step of the LPV model with the network's true NTK (inverse_sharpness, steps "
+        + ", ".join(map(str, inv["sharpness_steps"][:-1]))
+        + "): ‖r_lin‖/‖r_net‖ = "
+        + ", ".join(
+            f"{v:.3f}" for v in s["policies"]["inverse_sharpness"]["one_step_residual_ratio"]
+        )
+        + "; step error = "
+        + ", ".join(f"{v:.3f}" for v in s["policies"]["inverse_sharpness"]["one_step_error"]),
         f"overall: {t['overall_policy']} / best constant = {_fmt(t['overall_ratio'], '.2f')} "
         "(ambition ≤ 0.67)",
         "catapult (best constant), λ_max/n on the network at steps "
@@ -134,7 +150,9 @@ def plot(result: dict[str, Any], path: str) -> None:
     ax_loss.set_ylim(0.5 * min(lows), 3 * loss0)
     for ax in (ax_loss, ax_eta, ax_stab):
         ax.set_xlim(0, K)
-    ax_eta.set(xlabel="step k", ylabel="η_k", title="(b) learning rate used on the network")
+    ax_eta.set(
+        xlabel="step k", ylabel="learning rate η_k", title="(b) learning rate used on the network"
+    )
     ax_eta.set_ylim(bottom=0)
     ax_stab.axhline(2.0, color="k", lw=0.8, ls=":")
     ax_stab.set_ylim(0, 6)
@@ -176,7 +194,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         f"{problem} (MLP width {args.get('width', '?')}, n = {n_train}, mean MSE), seed {seed}",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.075, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 

@@ -75,7 +75,7 @@ from ..._scheduled._certify import Certificate, certify
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._grid import AbstractKernelGrid
 from ..._scheduled._problem import ScheduleRangeWarning
-from ..._scheduled._schedule import LossLevel
+from ..._scheduled._schedule import LossLevel, Time
 from .._problems import digits_problem, sine_problem
 from .._run import StudyRecord
 from ._summary import best_rate, summarise
@@ -85,12 +85,32 @@ PROBLEMS = ("sine", "digits")
 #: The default target train loss, as a fraction of the initial one. Digits on MSE falls
 #: 10× within about 15 steps at the best rates, which leaves no room to tell policies apart.
 TARGET_RATIO = {"sine": 0.1, "digits": 0.01}
+#: The default range of the constant-rate grid search (12 rates, log-spaced): on either
+#: problem it spans rates certified at every node to rates beyond the classical limit
+#: $2n/\lambda_{\max}$ at step 0 (digits on MSE is flatter than sine: its limit is higher).
+RATES = {"sine": (0.02, 1.5), "digits": (0.05, 4.0)}
 
 
 @eqx.filter_jit
 def _lambda_max(model: Any, x, k: int):
     n = x.shape[0]
     return jnp.linalg.eigvalsh(flatten_kernel(ntk(model, x), n, n, k, "ntk"))[-1]
+
+
+@eqx.filter_jit
+def _linear_step(model: Any, x, u, u_next, y, eta, loss):
+    """$\\lambda_{\\max}$ of the true NTK $\\Theta_k$ at a state, and how well the LPV step
+    $u_k - \\eta_k\\Theta_k\\nabla_u L(u_k)$ *with that true kernel* predicts the network's
+    next outputs `u_next`: the ratio of the two train-residual norms after the step, and
+    the error of the step relative to the step the network took."""
+    n, k = u.shape
+    theta = flatten_kernel(ntk(model, x), n, n, k, "ntk")
+    lam = jnp.linalg.eigvalsh(theta)[-1]
+    linear = u.reshape(-1) - eta * theta @ loss.grad(u, y).reshape(-1)
+    net, r = u_next.reshape(-1), y.reshape(-1)
+    ratio = jnp.linalg.norm(linear - r) / jnp.linalg.norm(net - r)
+    error = jnp.linalg.norm(net - linear) / jnp.linalg.norm(net - u.reshape(-1))
+    return lam, ratio, error
 
 
 def lambda_max(model: Any, x, k: int) -> float:
@@ -101,6 +121,67 @@ def lambda_max(model: Any, x, k: int) -> float:
 
 def _model_at(run: Descent, i: int, static: Any) -> Any:
     return eqx.combine(jax.tree.map(lambda a: a[i], run.params), static)
+
+
+def loss_level_grid(
+    net: GradientDescentProblem, models: Sequence[Any], levels: Sequence[float]
+) -> AbstractKernelGrid:
+    """The NTKs of `models` at their train losses `levels` (each below every earlier one),
+    on the axis $\\log L$ of `schedules.LossLevel()`."""
+    order = np.argsort(np.log(levels))
+    nodes = np.log(np.asarray(levels))[order]
+    return KernelGrid.from_params(
+        [models[i] for i in order], net.model, net.data, jnp.asarray(nodes, net.data.y_train.dtype)
+    )
+
+
+def identified_error(
+    plant: "Plant", policy: AbstractLearningRatePolicy, steps: int, every: int
+) -> dict[str, Any]:
+    r"""The surrogate's prediction error when its grid is identified on the network's own run
+    under `policy` (kernels every `every` steps) instead of the reference run.
+
+    The diagnosis of the prediction error: if it stays large, what is missing is not kernels
+    of the right run but the nonlinearity of a single step (see `_linear_step`), compounded
+    over the run; with `schedules.Time()` on the same kernels it would also not be the
+    scheduling variable.
+    """
+    net = plant.net
+    static = partition(net.model)[1]
+    keep = list(range(0, steps + 1, every))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleRangeWarning)
+        run_n = descend(net, policy, steps, save_params=tuple(keep))
+        loss_n = np.asarray(run_n.train_loss)
+        models, levels = [], []
+        for i, k in enumerate(keep):
+            if not levels or loss_n[k] < levels[-1]:
+                models.append(_model_at(run_n, i, static))
+                levels.append(float(loss_n[k]))
+        out = {"every": every, "nodes": len(levels)}
+        for name, schedule, grid in (
+            ("loss_level", LossLevel(), loss_level_grid(net, models, levels)),
+            (
+                "time",
+                Time(),
+                KernelGrid.from_params(
+                    [_model_at(run_n, i, static) for i in range(len(keep))],
+                    net.model,
+                    net.data,
+                    jnp.asarray(np.asarray(run_n.time)[keep], net.data.y_train.dtype),
+                ),
+            ),
+        ):
+            sur = ScheduledDescentProblem.from_problem(grid, net, schedule=schedule)
+            loss_s = np.asarray(descend(sur, policy, steps).train_loss)
+            above = loss_n > plant.target
+            out[name] = {
+                "prediction_error": _relative_curve_error(loss_s, loss_n),
+                "prediction_error_above_target": _relative_curve_error(
+                    loss_s[above], loss_n[above]
+                ),
+            }
+    return out
 
 
 def reference_grid(
@@ -143,11 +224,7 @@ def reference_grid(
             lams.append(lam)
         if loss < floor:
             break
-    order = np.argsort(np.log(levels))
-    nodes = np.log(np.asarray(levels))[order]
-    grid = KernelGrid.from_params(
-        [models[i] for i in order], net.model, data, jnp.asarray(nodes, data.y_train.dtype)
-    )
+    grid = loss_level_grid(net, models, levels)
     info = {
         "reference_steps": steps,
         "nodes": len(levels),
@@ -236,8 +313,21 @@ def evaluate(
     loss_n, loss_s = np.asarray(run_n.train_loss), np.asarray(run_s.train_loss)
     w = steps if window is None else window
     eta = np.asarray(run_n.eta)
-    k = data.n_outputs
-    sharp = [lambda_max(_model_at(run_n, i, static), data.x_train, k) / n for i in range(len(save))]
+    sharp, ratios, errors = [], [], []
+    for i, j in enumerate(save):
+        model = _model_at(run_n, i, static)
+        if j < steps:
+            out = _linear_step(
+                model, data.x_train, run_n.train[j], run_n.train[j + 1], data.y_train,
+                run_n.eta[j], plant.net.loss,
+            )  # fmt: skip
+            lam, ratio, error = (float(v) for v in out)
+            ratios.append(ratio)
+            errors.append(error)
+        else:
+            lam = lambda_max(model, data.x_train, data.n_outputs)
+        sharp.append(lam / n)
+    above = loss_n[: w + 1] > plant.target
     row = {
         "steps_to_target_network": run_n.steps_to(plant.target),
         "steps_to_target_surrogate": run_s.steps_to(plant.target),
@@ -248,6 +338,15 @@ def evaluate(
         "diverged": run_n.diverged,
         "diverged_surrogate": run_s.diverged,
         "prediction_error": _relative_curve_error(loss_s[: w + 1], loss_n[: w + 1]),
+        # The same error while the network is above the target (what steps to target use).
+        "prediction_error_above_target": _relative_curve_error(
+            loss_s[: w + 1][above], loss_n[: w + 1][above]
+        ),
+        # At the saved steps k < K: the LPV step with the network's true NTK at step k,
+        # ‖r_lin,k+1‖ / ‖r_net,k+1‖ (< 1: the linear step is optimistic) and its error
+        # relative to the network's step.
+        "one_step_residual_ratio": ratios,
+        "one_step_error": errors,
         "certificate_surrogate": cert_s.summary(),
         "certificate_network": cert_n.summary(),
         "sharpness_steps": list(save),
@@ -379,7 +478,8 @@ def control_study(
     digits) and `n_train`; for sine also `n_test`, `dim` and `activation` (the
     `sine_problem` arguments); `seeds`; `steps` ($K$); `target_ratio` (the target train loss
     as a fraction of the initial one; default 0.1 on sine, 0.01 on digits); `rates`, the
-    constant rates of the grid search (default 12 rates log-spaced over $[0.02, 1.5]$);
+    constant rates of the grid search (default 12 rates log-spaced over $[0.02, 1.5]$ on
+    sine, $[0.05, 4]$ on digits);
     `c_max`, the certified bound on $\eta\lambda_{\max}/n$; `warmup`, the steps of the
     uncertified warm-up;
     `design_iterations`; `baseline_horizon`, the horizon of the (slow) best certified
@@ -395,7 +495,7 @@ def control_study(
     """
     if problem not in PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(PROBLEMS)}, got {problem!r}.")
-    rates = [float(r) for r in (np.geomspace(0.02, 1.5, 12) if rates is None else rates)]
+    rates = [float(r) for r in (np.geomspace(*RATES[problem], 12) if rates is None else rates)]
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("`seeds` must name at least one seed.")
@@ -467,9 +567,19 @@ def control_study(
         made = designed_policies(p, settings, log)
         evaluate_into(rows, arrays, p, {k: v[0] for k, v in made.items()}, steps, save)
         designs = {k: v[1] for k, v in made.items()}
+        every = max(steps // 20, 1)
+        log(f"  diagnosis: inverse_sharpness on a grid identified on its own run (every {every})")
+        diagnosis = identified_error(p, made["inverse_sharpness"][0], steps, every)
         record.put(
             key,
-            {"seed": seed, **p.info, "constant_map": cmap, "policies": rows, "designs": designs},
+            {
+                "seed": seed,
+                **p.info,
+                "constant_map": cmap,
+                "policies": rows,
+                "designs": designs,
+                "identified": diagnosis,
+            },
             arrays=arrays,
         )
         arrays_of[key] = arrays
