@@ -49,7 +49,7 @@ QUICK = {
         "seeds": [0],
         "width": 32,
         "n_train": 32,
-        "steps": 60,
+        "steps": 100,
         "design_iterations": 3,
         "segment": 10,
     },
@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=None,
-        help="K, steps per run (default 400; --quick: 100 on sine, 60 on digits)",
+        help="K, steps per run (default 400; --quick: 100)",
     )
     parser.add_argument(
         "--target-ratio",
@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one seed, a narrow network, 32 points, 60-100 steps (explicit options win)",
+        help="one seed, a narrow network, 32 points, 100 steps (explicit options win)",
     )
     add_resume_arguments(parser)
 
