@@ -390,6 +390,15 @@ def test_control_study_records_replayable_policies(tmp_path):
         # The certified constant runs 4K steps (its baseline horizon), the others K.
         assert len(row["eta"]["0"]) == (120 if name == "best_certified_constant" else 30)
     assert summary["grid_search"]["network_runs"] == 3
+    assert summary["problem"] == "sine" and summary["loss"] == "mse"
+    # The prediction diagnosis: one LPV step with the true NTK at each saved step k < K,
+    # and the error on grids identified on the policy's own run.
+    inv = summary["policies"]["inverse_sharpness"]
+    assert len(inv["one_step_residual_ratio"]) == len(inv["sharpness_steps"]) - 1
+    assert all(0 < v < 2 for v in inv["one_step_residual_ratio"])
+    ident = summary["targets"]["prediction_error_identified"]
+    assert set(ident) == {"loss_level", "time"}
+    assert inv["prediction_error_above_target"] <= inv["prediction_error"]
     assert summary["policies"]["designed"]["certified"] is True
     assert summary["policies"]["designed_uncertified"]["certified"] is False
     # Certified policies obey their certificate on every surrogate trajectory.
@@ -436,3 +445,46 @@ def test_study_medians_count_never_as_slowest():
         0.5: [row(150, 0.02), row(170, 0.01)],  # same median steps, lower median final loss
     }
     assert best_rate(rates) == 0.5
+
+
+def test_digits_plant_has_ten_outputs_and_its_certificate_holds():
+    # Digits in the study: an MLP on MSE to the one-hot labels (k = 10 outputs, the (nk)²
+    # NTK). The λ_max the study measures on the network must be the grid's λ_max at the
+    # same state (one flattening of the k outputs for both), and the certified policies
+    # must obey the per-step certificate on the surrogate.
+    from ntkode.studies._control._study import build_plant, lambda_max
+
+    settings = dict(
+        problem="digits",
+        digits_problem=dict(model="mlp", width=8, depth=1, n_train=12),
+        target_ratio=0.05,
+        segment=5,
+        max_segments=30,
+        floor_ratio=0.5,
+        c_ref=1.0,
+        c_max=1.9,
+    )
+    plant = build_plant(settings, 0, jnp.float64)
+    data = plant.net.data
+    assert data.n_outputs == 10 and isinstance(plant.net.loss, nk.losses.MSE)
+    lam0 = lambda_max(plant.net.model, data.x_train, 10)
+    # The first node is the step-0 state: the highest loss level, the last node.
+    assert rel_max(lam0, float(plant.spectra.lambda_max[-1])) < 1e-9
+    ctx = _quiet()
+    sur, n = plant.surrogate, data.n_train
+    # The cap is the largest constant rate certified *until the target* (at the nodes a run
+    # to the target activates); 1.9 n/λ_max(Θ(s)) is certified at every step.
+    policies = (P.InverseSharpness.from_grid(sur.grid, 1.9, S.LossLevel()), P.Constant(plant.cap))
+    for pol, until_target in zip(policies, (False, True), strict=True):
+        run = nk.descend(sur, pol, 40)
+        cert = nk.step_certificate(sur, run, plant.spectra)
+        # Every step obeys ‖r_k+1‖ ≤ ρ_k ‖r_k‖. (ρ_k < 1 also needs λ_min > 0 at the active
+        # nodes, which the (nk)² kernels of this tiny net need not have.)
+        assert bool(jnp.all(cert.holds))
+        k = run.steps_to(plant.target) if until_target else 40
+        assert k is not None
+        assert float(jnp.max(cert.stability[:k])) <= 1.9 * (1 + 1e-12)
+    # Beyond the limit at step 0, the certificate must say so.
+    beyond = P.Constant(2.5 * n / float(plant.spectra.lambda_max.max()))
+    assert not nk.step_certificate(sur, nk.descend(sur, beyond, 40), plant.spectra).stable
+    ctx.__exit__(None, None, None)

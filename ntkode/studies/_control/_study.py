@@ -1,6 +1,8 @@
 r"""Control study: learning rates designed on the scheduled-NTK surrogate, run on the network.
 
-For each seed of the **sine** problem (full-batch gradient descent, mean MSE):
+For each seed of a reference problem (full-batch gradient descent, mean MSE): **sine**
+(an MLP regressing $\sin(\sum_i x_i)$) or **digits** (an MLP classifying scikit-learn's
+8×8 digits, trained on mean MSE to the one-hot labels; see "Digits" below):
 
 1. **The plant model.** A stable reference run of the network (gradient descent at
    $\eta = c_\text{ref}\,n/\lambda_{\max}(\Theta)$ with the true NTK re-measured every
@@ -29,6 +31,19 @@ For each seed of the **sine** problem (full-batch gradient descent, mean MSE):
 The linear model only describes training inside the stability limit: the constant-rate map
 (steps to target on the network and on the surrogate for every rate of the grid search) shows
 where the two part.
+
+**Digits.** The reference digits problem ([`ntkode.studies.digits_problem`][]) trains on
+softmax cross-entropy. Of the study's three parts, the discrete-time LPV model
+($u_{k+1} = u_k - \eta_k\Theta(s_k)\nabla_u L$) and the designs through it hold for any
+loss, but the per-step contraction certificate does not: it uses that the MSE residual map
+$r \mapsto (I - \eta\Theta/n)\,r$ is linear, so its eigenvalues bound one step exactly;
+the cross-entropy gradient is not linear in $u$, and a node-spectrum certificate for it
+would need a bound on the softmax Hessian along the run, which the study does not derive.
+So the study's digits problem is the same network and data trained on mean MSE to the
+one-hot labels (a classifier in its own right: Hui & Belkin 2021, "Evaluation of neural
+architectures trained with square loss vs cross-entropy in classification tasks"), with
+$k = 10$ outputs and the $(nk)\times(nk)$ NTK; every part of the study, the certificate
+included, is then what it is on sine.
 """
 
 import warnings
@@ -52,26 +67,121 @@ from ..._control._policy import (
     Switched,
 )
 from ..._control._surrogate import ScheduledDescentProblem
+from ..._core._kernel_flow import flatten_kernel
+from ..._core._losses import mse
 from ..._core._model import apply, partition
 from ..._ntk._api import ntk
-from ..._scheduled._certify import certify
+from ..._scheduled._certify import Certificate, certify
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._grid import AbstractKernelGrid
 from ..._scheduled._problem import ScheduleRangeWarning
-from ..._scheduled._schedule import LossLevel
-from .._problems import sine_problem
+from ..._scheduled._schedule import LossLevel, Time
+from .._problems import digits_problem, sine_problem
 from .._run import StudyRecord
 from ._summary import best_rate, summarise
 
+#: The problems the study runs on, in the order `problem="all"` runs them.
+PROBLEMS = ("sine", "digits")
+#: The default target train loss, as a fraction of the initial one. Digits on MSE falls
+#: 10× within about 15 steps at the best rates, which leaves no room to tell policies apart.
+TARGET_RATIO = {"sine": 0.1, "digits": 0.01}
+#: The default range of the constant-rate grid search (12 rates, log-spaced): on either
+#: problem it spans rates certified at every node to rates beyond the classical limit
+#: $2n/\lambda_{\max}$ at step 0 (digits on MSE is flatter than sine: its limit is higher).
+RATES = {"sine": (0.02, 1.5), "digits": (0.05, 4.0)}
 
-def lambda_max(model: Any, x) -> float:
-    """$\\lambda_{\\max}$ of the model's empirical NTK on `x` (train kernel, one output)."""
+
+@eqx.filter_jit
+def _lambda_max(model: Any, x, k: int):
     n = x.shape[0]
-    return float(jnp.linalg.eigvalsh(jnp.reshape(ntk(model, x), (n, n)))[-1])
+    return jnp.linalg.eigvalsh(flatten_kernel(ntk(model, x), n, n, k, "ntk"))[-1]
+
+
+@eqx.filter_jit
+def _linear_step(model: Any, x, u, u_next, y, eta, loss):
+    """$\\lambda_{\\max}$ of the true NTK $\\Theta_k$ at a state, and how well the LPV step
+    $u_k - \\eta_k\\Theta_k\\nabla_u L(u_k)$ *with that true kernel* predicts the network's
+    next outputs `u_next`: the ratio of the two train-residual norms after the step, and
+    the error of the step relative to the step the network took."""
+    n, k = u.shape
+    theta = flatten_kernel(ntk(model, x), n, n, k, "ntk")
+    lam = jnp.linalg.eigvalsh(theta)[-1]
+    linear = u.reshape(-1) - eta * theta @ loss.grad(u, y).reshape(-1)
+    net, r = u_next.reshape(-1), y.reshape(-1)
+    ratio = jnp.linalg.norm(linear - r) / jnp.linalg.norm(net - r)
+    error = jnp.linalg.norm(net - linear) / jnp.linalg.norm(net - u.reshape(-1))
+    return lam, ratio, error
+
+
+def lambda_max(model: Any, x, k: int) -> float:
+    """$\\lambda_{\\max}$ of the model's empirical NTK on `x`, the `(n k) × (n k)` train kernel
+    of its `k` outputs (compiled once per model structure)."""
+    return float(_lambda_max(model, x, k))
 
 
 def _model_at(run: Descent, i: int, static: Any) -> Any:
     return eqx.combine(jax.tree.map(lambda a: a[i], run.params), static)
+
+
+def loss_level_grid(
+    net: GradientDescentProblem, models: Sequence[Any], levels: Sequence[float]
+) -> AbstractKernelGrid:
+    """The NTKs of `models` at their train losses `levels` (each below every earlier one),
+    on the axis $\\log L$ of `schedules.LossLevel()`."""
+    order = np.argsort(np.log(levels))
+    nodes = np.log(np.asarray(levels))[order]
+    return KernelGrid.from_params(
+        [models[i] for i in order], net.model, net.data, jnp.asarray(nodes, net.data.y_train.dtype)
+    )
+
+
+def identified_error(
+    plant: "Plant", policy: AbstractLearningRatePolicy, steps: int, every: int
+) -> dict[str, Any]:
+    r"""The surrogate's prediction error when its grid is identified on the network's own run
+    under `policy` (kernels every `every` steps) instead of the reference run.
+
+    The diagnosis of the prediction error: if it stays large, what is missing is not kernels
+    of the right run but the nonlinearity of a single step (see `_linear_step`), compounded
+    over the run; with `schedules.Time()` on the same kernels it would also not be the
+    scheduling variable.
+    """
+    net = plant.net
+    static = partition(net.model)[1]
+    keep = list(range(0, steps + 1, every))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleRangeWarning)
+        run_n = descend(net, policy, steps, save_params=tuple(keep))
+        loss_n = np.asarray(run_n.train_loss)
+        models, levels = [], []
+        for i, k in enumerate(keep):
+            if not levels or loss_n[k] < levels[-1]:
+                models.append(_model_at(run_n, i, static))
+                levels.append(float(loss_n[k]))
+        out = {"every": every, "nodes": len(levels)}
+        for name, schedule, grid in (
+            ("loss_level", LossLevel(), loss_level_grid(net, models, levels)),
+            (
+                "time",
+                Time(),
+                KernelGrid.from_params(
+                    [_model_at(run_n, i, static) for i in range(len(keep))],
+                    net.model,
+                    net.data,
+                    jnp.asarray(np.asarray(run_n.time)[keep], net.data.y_train.dtype),
+                ),
+            ),
+        ):
+            sur = ScheduledDescentProblem.from_problem(grid, net, schedule=schedule)
+            loss_s = np.asarray(descend(sur, policy, steps).train_loss)
+            above = loss_n > plant.target
+            out[name] = {
+                "prediction_error": _relative_curve_error(loss_s, loss_n),
+                "prediction_error_above_target": _relative_curve_error(
+                    loss_s[above], loss_n[above]
+                ),
+            }
+    return out
 
 
 def reference_grid(
@@ -92,7 +202,7 @@ def reference_grid(
     n = data.n_train
     static = partition(net.model)[1]
     model = net.model
-    models, levels, lams, steps = [model], [], [lambda_max(model, data.x_train)], 0
+    models, levels, lams, steps = [model], [], [lambda_max(model, data.x_train, data.n_outputs)], 0
     loss = float(net.loss(apply(model, data.x_train), data.y_train))
     levels.append(loss)
     for _ in range(max_segments):
@@ -107,18 +217,14 @@ def reference_grid(
         loss = float(run.train_loss[-1])
         if run.diverged or not np.isfinite(loss):
             raise RuntimeError("The reference run diverged; lower c_ref.")
-        lam = lambda_max(model, data.x_train)
+        lam = lambda_max(model, data.x_train, data.n_outputs)
         if loss < levels[-1]:
             models.append(model)
             levels.append(loss)
             lams.append(lam)
         if loss < floor:
             break
-    order = np.argsort(np.log(levels))
-    nodes = np.log(np.asarray(levels))[order]
-    grid = KernelGrid.from_params(
-        [models[i] for i in order], net.model, data, jnp.asarray(nodes, data.y_train.dtype)
-    )
+    grid = loss_level_grid(net, models, levels)
     info = {
         "reference_steps": steps,
         "nodes": len(levels),
@@ -142,12 +248,25 @@ class Plant(eqx.Module):
     surrogate: ScheduledDescentProblem
     target: float
     cap: float  # the largest constant rate certified until the target (see `build_plant`)
+    spectra: Certificate  # the grid's node spectra, computed once for every certificate
     info: dict = eqx.field(static=True)
 
 
+def network(settings: dict[str, Any], seed: int, dtype) -> GradientDescentProblem:
+    """The seed's network, data and loss, from the settings' `"<problem>_problem"` arguments.
+
+    Digits trains on mean MSE to the one-hot labels (see the module notes)."""
+    name = settings["problem"]
+    if name == "sine":
+        return GradientDescentProblem.from_flow(
+            sine_problem(**settings["sine_problem"], seed=seed, dtype=dtype)
+        )
+    flow = digits_problem(**settings["digits_problem"], seed=seed, dtype=dtype)
+    return GradientDescentProblem(flow.model, flow.data, mse)
+
+
 def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
-    problem = sine_problem(**settings["sine_problem"], seed=seed, dtype=dtype)
-    net = GradientDescentProblem.from_flow(problem)
+    net = network(settings, seed, dtype)
     loss0 = float(net.loss(apply(net.model, net.data.x_train), net.data.y_train))
     target = settings["target_ratio"] * loss0
     grid, info = reference_grid(
@@ -161,12 +280,13 @@ def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
     # A constant rate is certified until the target when η λ_max,g / n <= c_max at every node
     # a run from L0 to the target can activate: those at loss levels above the target's,
     # and the first one below it.
-    lam = np.asarray(certify(grid).lambda_max)
+    spectra = certify(grid)
+    lam = np.asarray(spectra.lambda_max)
     nodes = np.asarray(grid.nodes)
     first = max(int(np.searchsorted(nodes, np.log(target))) - 1, 0)
     cap = settings["c_max"] * net.data.n_train / float(lam[first:].max())
     info = {**info, "loss0": loss0, "target": target, "certified_cap": cap}
-    return Plant(net, sur, target, cap, info)
+    return Plant(net, sur, target, cap, spectra, info)
 
 
 def evaluate(
@@ -187,14 +307,27 @@ def evaluate(
         warnings.simplefilter("always", ScheduleRangeWarning)
         run_n = descend(plant.net, policy, steps, save_params=tuple(save))
         run_s = descend(plant.surrogate, policy, steps)
-        spectra = certify(plant.surrogate.grid)
-        cert_s = step_certificate(plant.surrogate, run_s, spectra)
-        cert_n = step_certificate(plant.surrogate, run_n, spectra)
+        cert_s = step_certificate(plant.surrogate, run_s, plant.spectra)
+        cert_n = step_certificate(plant.surrogate, run_n, plant.spectra)
     left = sorted({str(w.message).split(";")[0] for w in caught})
     loss_n, loss_s = np.asarray(run_n.train_loss), np.asarray(run_s.train_loss)
     w = steps if window is None else window
     eta = np.asarray(run_n.eta)
-    sharp = [lambda_max(_model_at(run_n, i, static), data.x_train) / n for i in range(len(save))]
+    sharp, ratios, errors = [], [], []
+    for i, j in enumerate(save):
+        model = _model_at(run_n, i, static)
+        if j < steps:
+            out = _linear_step(
+                model, data.x_train, run_n.train[j], run_n.train[j + 1], data.y_train,
+                run_n.eta[j], plant.net.loss,
+            )  # fmt: skip
+            lam, ratio, error = (float(v) for v in out)
+            ratios.append(ratio)
+            errors.append(error)
+        else:
+            lam = lambda_max(model, data.x_train, data.n_outputs)
+        sharp.append(lam / n)
+    above = loss_n[: w + 1] > plant.target
     row = {
         "steps_to_target_network": run_n.steps_to(plant.target),
         "steps_to_target_surrogate": run_s.steps_to(plant.target),
@@ -205,6 +338,15 @@ def evaluate(
         "diverged": run_n.diverged,
         "diverged_surrogate": run_s.diverged,
         "prediction_error": _relative_curve_error(loss_s[: w + 1], loss_n[: w + 1]),
+        # The same error while the network is above the target (what steps to target use).
+        "prediction_error_above_target": _relative_curve_error(
+            loss_s[: w + 1][above], loss_n[: w + 1][above]
+        ),
+        # At the saved steps k < K: the LPV step with the network's true NTK at step k,
+        # ‖r_lin,k+1‖ / ‖r_net,k+1‖ (< 1: the linear step is optimistic) and its error
+        # relative to the network's step.
+        "one_step_residual_ratio": ratios,
+        "one_step_error": errors,
         "certificate_surrogate": cert_s.summary(),
         "certificate_network": cert_n.summary(),
         "sharpness_steps": list(save),
@@ -303,15 +445,16 @@ def designed_policies(
 
 def control_study(
     *,
+    problem: str = "sine",
     seeds: Sequence[int] = (0, 1, 2),
     width: int = 256,
-    depth: int = 2,
+    depth: int | None = None,
     n_train: int = 128,
     n_test: int = 128,
     dim: int = 8,
     activation: str = "relu",
     steps: int = 400,
-    target_ratio: float = 0.1,
+    target_ratio: float | None = None,
     rates: Sequence[float] | None = None,
     c_max: float = 1.9,
     warmup: int = 20,
@@ -326,52 +469,76 @@ def control_study(
     resume: bool | None = None,
     log: Callable[[str], Any] = lambda s: None,
 ) -> dict[str, Any]:
-    r"""Learning-rate control on **sine**: designed on the surrogate, verified on the network.
+    r"""Learning-rate control on **sine** or **digits**: designed on the surrogate, verified
+    on the network.
 
-    **Arguments:** the `sine_problem` arguments (`width`, `depth`, `n_train`, `n_test`,
-    `dim`, `activation`) and `seeds`; `steps` ($K$); `target_ratio` (the target train loss
-    as a fraction of the initial one); `rates`, the constant rates of the grid search
-    (default 12 rates log-spaced over $[0.02, 1.5]$); `c_max`, the certified bound on
-    $\eta\lambda_{\max}/n$; `warmup`, the steps of the uncertified warm-up;
+    **Arguments:** `problem`, `"sine"` or `"digits"` (an MLP `64 → width^depth → 10` on
+    `n_train` digits, mean MSE to the one-hot labels, the fixed 360 test images; see the
+    module notes); the network's `width` and `depth` (default 2 hidden layers on sine, 1 on
+    digits) and `n_train`; for sine also `n_test`, `dim` and `activation` (the
+    `sine_problem` arguments); `seeds`; `steps` ($K$); `target_ratio` (the target train loss
+    as a fraction of the initial one; default 0.1 on sine, 0.01 on digits); `rates`, the
+    constant rates of the grid search (default 12 rates log-spaced over $[0.02, 1.5]$ on
+    sine, $[0.05, 4]$ on digits);
+    `c_max`, the certified bound on $\eta\lambda_{\max}/n$; `warmup`, the steps of the
+    uncertified warm-up;
     `design_iterations`; `baseline_horizon`, the horizon of the (slow) best certified
     constant rate in units of $K$; the reference run's `segment`, `max_segments` and `floor_ratio`
     (it stops at `floor_ratio` times the target); `dtype`; `out` (results.json and the
     arrays of each finished seed, resumed on rerun) and `resume` as in
     `ntkode/studies/_run.py`.
 
-    **Returns:** the study's record (see the command's `results.json`).
+    **Returns:** the study's record (see the command's `results.json`); its
+    `summary["<problem>_problem"]` holds the arguments that rebuild each seed's problem
+    (`ntkode.studies.sine_problem(**args, seed=s)` or `digits_problem(**args, seed=s)`, the
+    latter with `loss = mse`).
     """
-    rates = [float(r) for r in (np.geomspace(0.02, 1.5, 12) if rates is None else rates)]
+    if problem not in PROBLEMS:
+        raise ValueError(f"`problem` must be one of {list(PROBLEMS)}, got {problem!r}.")
+    rates = [float(r) for r in (np.geomspace(*RATES[problem], 12) if rates is None else rates)]
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("`seeds` must name at least one seed.")
     if int(warmup) < 1 or int(warmup) >= steps:
         raise ValueError(f"`warmup` must lie in [1, steps); got {warmup} with steps = {steps}.")
+    if target_ratio is None:
+        target_ratio = TARGET_RATIO[problem]
     if not 0 < target_ratio < 1:
         raise ValueError(
             f"`target_ratio` = {target_ratio!r} must lie in (0, 1): the target is that "
             "fraction of the initial train loss."
         )
-    sine_args = dict(
-        width=width, depth=depth, n_train=n_train, n_test=n_test, dim=dim, activation=activation
-    )
-    settings = dict(
-        problem="sine",
-        sine_problem=sine_args,
-        seeds=seeds,
-        steps=int(steps),
-        target_ratio=float(target_ratio),
-        rates=rates,
-        c_max=float(c_max),
-        warmup=int(warmup),
-        design_iterations=int(design_iterations),
-        segment=int(segment),
-        max_segments=int(max_segments),
-        floor_ratio=float(floor_ratio),
-        baseline_horizon=int(baseline_horizon),
-        c_ref=float(c_ref),
-        dtype=jnp.dtype(dtype).name,
-    )
+    if problem == "sine":
+        problem_args = dict(
+            width=width,
+            depth=2 if depth is None else depth,
+            n_train=n_train,
+            n_test=n_test,
+            dim=dim,
+            activation=activation,
+        )
+    else:
+        problem_args = dict(
+            model="mlp", width=width, depth=1 if depth is None else depth, n_train=n_train
+        )
+    settings = {
+        "problem": problem,
+        f"{problem}_problem": problem_args,
+        "loss": "mse",
+        "seeds": seeds,
+        "steps": int(steps),
+        "target_ratio": float(target_ratio),
+        "rates": rates,
+        "c_max": float(c_max),
+        "warmup": int(warmup),
+        "design_iterations": int(design_iterations),
+        "segment": int(segment),
+        "max_segments": int(max_segments),
+        "floor_ratio": float(floor_ratio),
+        "baseline_horizon": int(baseline_horizon),
+        "c_ref": float(c_ref),
+        "dtype": jnp.dtype(dtype).name,
+    }
     record = StudyRecord(out, "control", settings, parts="parts", resume=resume, log=log)
     save = sorted({k for k in (0, 5, 10, 20, 50, steps // 4, steps // 2) if k < steps} | {steps})
     plants: dict[int, Plant] = {}
@@ -400,9 +567,19 @@ def control_study(
         made = designed_policies(p, settings, log)
         evaluate_into(rows, arrays, p, {k: v[0] for k, v in made.items()}, steps, save)
         designs = {k: v[1] for k, v in made.items()}
+        every = max(steps // 20, 1)
+        log(f"  diagnosis: inverse_sharpness on a grid identified on its own run (every {every})")
+        diagnosis = identified_error(p, made["inverse_sharpness"][0], steps, every)
         record.put(
             key,
-            {"seed": seed, **p.info, "constant_map": cmap, "policies": rows, "designs": designs},
+            {
+                "seed": seed,
+                **p.info,
+                "constant_map": cmap,
+                "policies": rows,
+                "designs": designs,
+                "identified": diagnosis,
+            },
             arrays=arrays,
         )
         arrays_of[key] = arrays
@@ -456,4 +633,4 @@ def control_study(
     return result
 
 
-__all__ = ["control_study", "evaluate", "reference_grid"]
+__all__ = ["PROBLEMS", "control_study", "evaluate", "network", "reference_grid"]

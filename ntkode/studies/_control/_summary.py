@@ -83,6 +83,15 @@ def summarise(
             ),
             "diverged": any(r["diverged"] for r in rows),
             "prediction_error": max(_number(r["prediction_error"]) for r in rows),
+            "prediction_error_above_target": max(
+                _number(r["prediction_error_above_target"]) for r in rows
+            ),
+            "one_step_residual_ratio": [
+                statistics.median(v) for v in zip(*(r["one_step_residual_ratio"] for r in rows))
+            ],
+            "one_step_error": [
+                statistics.median(v) for v in zip(*(r["one_step_error"] for r in rows))
+            ],
             "certificate_fraction_held_network": min(
                 r["certificate_network"]["fraction_held"] for r in rows
             ),
@@ -141,6 +150,18 @@ def summarise(
                 policies[n]["prediction_error"]
                 for n in (*certified_designed, "best_certified_constant")
             ),
+            "prediction_error_certified_above_target": max(
+                policies[n]["prediction_error_above_target"]
+                for n in (*certified_designed, "best_certified_constant")
+            ),
+            # inverse_sharpness on grids identified on its own network run: worst seed.
+            "prediction_error_identified": {
+                axis: {
+                    m: max(_number(p["identified"][axis][m]) for p in first)
+                    for m in ("prediction_error", "prediction_error_above_target")
+                }
+                for axis in ("loss_level", "time")
+            },
             "overall_ratio": ratio(overall, "best_constant"),
             "overall_policy": overall,
             "catapult_lambda_max_over_n": dict(
@@ -148,7 +169,9 @@ def summarise(
             ),
         },
         "seeds": seeds,
-        "sine_problem": settings["sine_problem"],
+        "problem": settings["problem"],
+        "loss": settings["loss"],
+        f"{settings['problem']}_problem": settings[f"{settings['problem']}_problem"],
         "targets_by_seed": [p["target"] for p in first],
     }
 
