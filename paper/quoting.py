@@ -13,6 +13,7 @@ class Missing(KeyError):
 
 FORMATS = {
     "pct": lambda v: f"{100 * v:.2f}%",
+    "pct_capped": lambda v: f"{100 * v:.2f}%" if v < 10 else "> 1000%",  # a diverged surrogate
     "g3": lambda v: f"{v:.3g}",
     "g2": lambda v: f"{v:.2g}",
     "e2": lambda v: f"{v:.2e}",
@@ -82,9 +83,7 @@ class Numbers:
 
     def __call__(self, study: str, key: str, fmt: str = "g3") -> str:
         text = render(self.value(study, key), fmt)
-        self.quoted.append(
-            {"file": self.files[study], "key": key, "format": fmt, "text": text}
-        )
+        self.quoted.append({"file": self.files[study], "key": key, "format": fmt, "text": text})
         return text
 
     def dump(self, path: pathlib.Path) -> None:

@@ -13,8 +13,9 @@ def figure(ctx, study: str, png: str, caption: str) -> str:
     path = ctx["root"] / study / png
     if not path.exists():
         return f"*(figure {study}/{png} not produced in this build)*"
-    cmd = ctx["runs"].get(study, {}).get("command") or "python " + " ".join(
-        ctx["command"](study, ctx["root"] / study, ctx["quick"])[1:]
+    run = study.split("/")[0]  # a study's subfolder (e.g. one problem) comes from its run
+    cmd = ctx["runs"].get(run, {}).get("command") or "python " + " ".join(
+        ctx["command"](run, ctx["root"] / run, ctx["quick"])[1:]
     )
     return f"![{caption}]({study}/{png})\n\n*{caption} Regenerate: `{cmd}`.*"
 
@@ -40,7 +41,11 @@ def header(N, ctx):
         "below is read from a study's `results.json` and recorded in `numbers.json`. "
         f"The runs took {N('runs', 'build/seconds', 'min')} on "
         f"{N('runs', 'build/cpus', 'int')} CPUs"
-        + (f", {N('runs', 'build/jobs', 'int')} studies at a time" if N.has("runs", "build/jobs") else "")
+        + (
+            f", {N('runs', 'build/jobs', 'int')} studies at a time"
+            if N.has("runs", "build/jobs")
+            else ""
+        )
         + f" (load average {N('runs', 'build/load_average/0', 'f1')} "
         "at the end: the machine was shared).*\n\n" + mode + "\n\n"
         "Full-batch gradient descent with a small step is the gradient flow "
@@ -155,10 +160,17 @@ def floor(N, ctx):
             "\n\n**Remedy.** Kernels of the Jacobian averaged over a window around each node "
             f"reach {N(s, 'grids/mean_jacobian/8/train_error', 'pct')} at G = 8 on ReLU sine, "
             f"against {N(s, 'grids/point/8/train_error', 'pct')} for point-sampled kernels: "
-            + ("the remedy removes most of the floor." if mj < 0.5 * pt else
-               "the remedy does not remove the floor in this run.")  # fmt: skip
+            + (
+                "the remedy removes most of the floor."
+                if mj < 0.5 * pt
+                else "the remedy does not remove the floor in this run."
+            )  # fmt: skip
         )
-    return text + "\n\n" + figure(ctx, s, "floor.png", "Surrogate error against G along the softplus-to-ReLU sweep.")
+    return (
+        text
+        + "\n\n"
+        + figure(ctx, s, "floor.png", "Surrogate error against G along the softplus-to-ReLU sweep.")
+    )
 
 
 def certificate(N, ctx):
@@ -216,23 +228,60 @@ def certificate(N, ctx):
 def control(N, ctx):
     """control"""
     s = "control"
-    pols = N.value(s, "summary/policies")
-    rows = []
-    for p in pols:
-        k = f"summary/policies/{p}"
-        rows.append([p.replace("_", " "), N(s, f"{k}/certified", "str"),
-                     N(s, f"{k}/steps_to_target_network", "g3"),
-                     N(s, f"{k}/steps_to_target_surrogate", "g3"),
-                     N(s, f"{k}/final_train_loss_network", "e2"), N(s, f"{k}/diverged", "str")])  # fmt: skip
-    return (
+    problems = N.value(s, "problems")
+    parts = [
         "An LPV model of training makes the learning rate a control input: policies designed on "
-        "the scheduled surrogate (certified by its spectra, or not) are run on the network.\n\n"
-        f"**Problem**: {N(s, 'settings/problem', 'str')}, width {N(s, 'settings/sine_problem/width', 'int')}, "
-        f"{N(s, 'settings/sine_problem/n_train', 'int')} train points, {N(s, 'settings/steps', 'int')} steps.\n\n"
-        + table(["policy", "certified", "steps to target (network)", "(surrogate)",
-                 "final train loss", "diverged"], rows)  # fmt: skip
-        + "\n\n" + figure(ctx, s, "control.png", "Learning-rate policies: loss of the network and of the surrogate.")
-    )  # fmt: skip
+        "the scheduled surrogate (certified by its spectra, or not) are run on the network, "
+        "with full-batch gradient descent from the same initialisation, against the best "
+        "constant rate found by a grid search on the network and warm-up + cosine."
+    ]
+    for name in problems:
+        p = f"problems/{name}"
+        size = N.value(s, f"{p}/{name}_problem")
+        what = ", ".join(f"{k} {N(s, f'{p}/{name}_problem/{k}', 'str')}" for k in size)
+        rows = []
+        for pol in N.value(s, f"{p}/policies"):
+            k = f"{p}/policies/{pol}"
+            rows.append([pol.replace("_", " "), N(s, f"{k}/certified", "str"),
+                         N(s, f"{k}/steps_to_target_network", "g3"),
+                         N(s, f"{k}/steps_to_target_surrogate", "g3"),
+                         N(s, f"{k}/final_train_loss_network", "e2"),
+                         N(s, f"{k}/prediction_error", "pct_capped"),
+                         N(s, f"{k}/diverged", "str")])  # fmt: skip
+        t = f"{p}/targets"
+        parts.append(
+            f"**{name}** ({what}; loss {N(s, f'{p}/loss', 'str')}; seeds "
+            + ", ".join(N(s, f"{p}/seeds/{i}", "int") for i in range(len(N.value(s, f"{p}/seeds"))))
+            + f"; the grid search cost {N(s, f'{p}/grid_search/network_runs', 'int')} network runs). "
+            f"The best certified design (`{N(s, f'{t}/certified_policy', 'str')}`) "
+            f"needs {N(s, f'{t}/certified_ratio', 'x2')} the steps of the best certified constant "
+            f"rate; the best policy overall (`{N(s, f'{t}/overall_policy', 'str')}`) "
+            f"takes {N(s, f'{t}/overall_ratio', 'x2')} those of the best constant rate. The surrogate "
+            f"predicts the network's loss under the certified design within "
+            f"{N(s, f'{t}/prediction_error_certified', 'pct')} (maximum relative error over the "
+            "run).\n\n"
+            + table(
+                [
+                    "policy",
+                    "certified",
+                    "steps to target (network)",
+                    "(surrogate)",
+                    "final train loss",
+                    "prediction error",
+                    "diverged",
+                ],
+                rows,
+            )  # fmt: skip
+            + "\n\n"
+            + figure(
+                ctx,
+                f"{s}/{name}",
+                "control.png",
+                f"{name}: loss of the network and of the surrogate under each policy; "
+                "learning rates and η·λ_max/n over training.",
+            )  # fmt: skip
+        )
+    return "\n\n".join(parts)
 
 
 def _closure_kernel_machines(N, ctx):
@@ -316,7 +365,9 @@ def mkl(N, ctx):
 def path_kernel(N, ctx):
     """closure"""
     s = "closure"
-    key = next((k for k in ("path_kernel/output_error", "path_kernel_residual") if N.has(s, k)), None)
+    key = next(
+        (k for k in ("path_kernel/output_error", "path_kernel_residual") if N.has(s, k)), None
+    )
     if key is None:
         raise Missing("closure/path_kernel")
     return (

@@ -85,3 +85,29 @@ def test_quick_paper_build(tmp_path):
     assert "**This is the quick build**" in paper and "64 train and 64 test points" in paper
     assert "![" in paper and "Regenerate: `python -m ntkode compare" in paper
     assert "Both bounds hold on every solved trajectory." in paper
+
+
+def test_control_section_quotes_each_problem(tmp_path):
+    policy = {"certified": True, "steps_to_target_network": 243,
+              "steps_to_target_surrogate": 191, "final_train_loss_network": 0.0105,
+              "prediction_error": 0.537, "diverged": False}  # fmt: skip
+    warmup = dict(policy, certified=False, prediction_error=2e15)
+    summary = {
+        "sine_problem": {"width": 256, "n_train": 128}, "loss": "mse", "seeds": [0, 1],
+        "grid_search": {"network_runs": 36},
+        "policies": {"designed": policy, "warmup": warmup},
+        "targets": {"certified_policy": "designed", "certified_ratio": 0.628,
+                    "overall_policy": "warmup", "overall_ratio": 1.49,
+                    "prediction_error_certified": 0.598},
+    }  # fmt: skip
+    _write(tmp_path, "control", {"problems": {"sine": summary}})
+    text = build.write_paper(tmp_path, True, {"build": {"seconds": 1.0, "cpus": 2,
+                                                         "load_average": [1, 1, 1]}})  # fmt: skip
+    section = text.split("## 4.")[1].split("## 5.")[0]
+    assert (
+        "**sine** (width 256, n_train 128; loss mse; seeds 0, 1; the grid search cost 36" in section
+    )
+    assert "needs 0.63× the steps" in section and "takes 1.49× those" in section
+    assert "| designed | True | 243 | 191 | 1.05e-02 | 53.70% | False |" in section
+    assert "| > 1000% |" in section  # a surrogate that diverged beyond the limit
+    assert check_numbers(tmp_path) >= 20
