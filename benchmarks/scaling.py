@@ -37,6 +37,7 @@ figure `benchmarks/scaling.png` with fitted exponents.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -387,6 +388,12 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(HERE, "scaling.json"))
     p.add_argument("--figure", default=os.path.join(HERE, "scaling.png"))
     p.add_argument("--figure-only", action="store_true")
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="folder keeping each n's reference run (true.npz), so that a later call with "
+        "--methods other than true reuses it instead of a temporary folder",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -401,7 +408,10 @@ def main() -> None:
         ns = a.n or DEFAULT_N[a.problem]
         per_step = {}  # n -> true-flow seconds per step, for predictions
         for n in ns:
-            with tempfile.TemporaryDirectory() as workdir:
+            if a.keep:  # the reference run stays for later invocations of other methods
+                os.makedirs(os.path.join(a.keep, f"{a.problem}-{n}"), exist_ok=True)
+            keep = a.keep and contextlib.nullcontext(os.path.join(a.keep, f"{a.problem}-{n}"))
+            with keep or tempfile.TemporaryDirectory() as workdir:
                 for method in a.methods:
                     if method == "true_loose" and n > a.loose_max_n:
                         continue
