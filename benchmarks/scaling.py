@@ -335,7 +335,7 @@ def figure(records, path: str, problem: str) -> dict:
     from ntkode._plot import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     exponents = {}
     for i, method in enumerate(METHODS):
         rows = sorted(
@@ -359,9 +359,9 @@ def figure(records, path: str, problem: str) -> dict:
     ax.set(
         xlabel="training examples n",
         ylabel="wall seconds (build + solve)",
-        title=f"{problem}: cost against n",
+        title=f"{problem}: the true flow against each surrogate (build + solve), cost vs n",
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
