@@ -107,15 +107,6 @@ class LowRankKernelGrid(AbstractKernelGrid):
     def test_matvec(self, idx, w, v):
         return jnp.einsum("a,air,ajr,j->i", w, self.test_basis[idx], self.eigvecs[idx], v)
 
-    def piece_operators(self, idx, w):
-        # The piece's factors gathered once: Σ_j w_j V_j Λ_j V_jᵀ = A diag(d) Aᵀ with the bases
-        # side by side, A = [V_1 … V_a] (n·k, a·r); each product is then two thin products.
-        a, nk, r = self.eigvecs[idx].shape
-        A = jnp.moveaxis(self.eigvecs[idx], 0, 1).reshape(nk, a * r)
-        d = (w[:, None] * self.eigvals[idx]).reshape(-1)
-        B = jnp.moveaxis(w[:, None, None] * self.test_basis[idx], 0, 1).reshape(-1, a * r)
-        return (lambda v: A @ (d * (A.T @ v))), (lambda v: B @ (A.T @ v))
-
     def spectral(self):
         return self.eigvals, self.eigvecs, self.test_basis
 
