@@ -155,15 +155,53 @@ def test_classification_study_rows_carry_the_metrics(tmp_path):
     )  # fmt: skip
     rows = cmp.rows
     assert {"true", "true_loose", "frozen", "frozen_full", "scheduled_time_G2"} <= set(rows)
-    assert "scheduled_time_full_G2" in rows
+    assert "scheduled_time_full_G2" in rows  # not quick: the full-block grid row fits
     for row in rows.values():
         for key in ("final_test_accuracy", "max_accuracy_gap", "final_class_agreement"):
             assert 0.0 <= row[key] <= 1.0, key
     assert rows["true"]["max_accuracy_gap"] == 0.0
     saved = nk._core._records.read_json(str(tmp_path / "results.json"))
-    assert saved["frozen"]["final_class_agreement"] == rows["frozen"]["final_class_agreement"]
+    assert saved["status"] == "finished" and saved["settings"]["problem"] == "digits"
+    frozen = saved["rows"]["frozen"]
+    assert frozen["final_class_agreement"] == rows["frozen"]["final_class_agreement"]
     for figure in ("compare.png", "accuracy.png", "error_vs_G.png"):
         assert (tmp_path / figure).exists(), figure
+
+
+@pytest.mark.slow
+def test_classification_study_resumes_its_finished_rows(tmp_path, monkeypatch):
+    # An interrupted run (here: the full-block frozen kernel fails) keeps its finished rows;
+    # the rerun reads them back, computes only the rest, and other settings are refused.
+    from ntkode.studies._compare import _classification as C
+
+    said = []
+    kw = dict(model="mlp", n_train=12, width=4, t_end=1.0, n_save=5, grid_sizes=(),
+              rtol=1e-3, out=str(tmp_path), progress=False, log=said.append)  # fmt: skip
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(C.KernelFlowProblem, "from_model", broken)
+        with pytest.raises(KeyboardInterrupt):
+            classification_study(**kw)
+    first = nk._core._records.read_json(str(tmp_path / "results.json"))
+    assert first["status"] == "running" and list(first["rows"]) == ["true", "true_loose", "frozen"]
+
+    solved = []
+    timed_solve = C.timed_solve
+    monkeypatch.setattr(C, "timed_solve", lambda p, **k: solved.append(p) or timed_solve(p, **k))
+    cmp = classification_study(**kw)
+    assert any("skipping 3 finished part(s) (true, true_loose, frozen)" in s for s in said)
+    assert len(solved) == 1 and isinstance(solved[0], nk.KernelFlowProblem)  # frozen_full only
+    saved = nk._core._records.read_json(str(tmp_path / "results.json"))
+    assert saved["status"] == "finished" and list(saved["rows"]) == list(cmp.rows)
+    assert saved["rows"]["true"] == first["rows"]["true"]  # read back as saved
+    np.testing.assert_array_equal(cmp.solutions["frozen"].train, C.solution_from_arrays(
+        dict(np.load(tmp_path / "parts" / "frozen.npz"))).train)  # fmt: skip
+    assert (tmp_path / "accuracy.png").exists()
+    with pytest.raises(ValueError, match="--resume: .*rtol: 0.001 → 0.01"):
+        classification_study(**{**kw, "rtol": 1e-2}, resume=True)
 
 
 @pytest.mark.slow

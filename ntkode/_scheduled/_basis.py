@@ -148,10 +148,11 @@ class KrylovBasis(AbstractPieceBasis):
     def basis(self, grid, piece, r):
         idx, w = piece
         dim = min(int(self.dim), r.shape[0])
-        Q, alpha, beta, m = lanczos(lambda v: grid.train_matvec(idx, w, v), r, dim)
+        train_matvec, test_matvec = grid.piece_operators(idx, w)
+        Q, alpha, beta, m = lanczos(train_matvec, r, dim)
         lam, S = ritz(alpha, beta, m)
         vec = Q.T @ S
-        test = jax.vmap(lambda q: grid.test_matvec(idx, w, q))(Q)  # (dim, M)
+        test = jax.vmap(test_matvec)(Q)  # (dim, M)
         last = jnp.maximum(m - 1, 0)
         return PieceBasis(lam, vec, test.T @ S, beta[last], S[last] * S[0])
 

@@ -172,6 +172,11 @@ class KernelGrid(AbstractKernelGrid):
     def test_matvec(self, idx, w, v):
         return jnp.einsum("a,aij,j->i", w, self.kernel_test[idx], v)
 
+    def piece_operators(self, idx, w):
+        train = jnp.einsum("a,aij->ij", w, self.kernel_train[idx])
+        test = jnp.einsum("a,aij->ij", w, self.kernel_test[idx])
+        return (lambda v: train @ v), (lambda v: test @ v)
+
     def spectral(self):
         # One eigendecomposition per node.
         lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)

@@ -18,7 +18,7 @@ a linear time-invariant model, which the scheduled surrogate interpolates.
 """
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import equinox as eqx
@@ -145,6 +145,17 @@ class AbstractKernelGrid(eqx.Module):
         self, idx: Int[Array, " a"], w: Float[Array, " a"], v: Float[Array, " nk"]
     ) -> Float[Array, " mk"]:
         r"""$\sum_j w_j \Theta_{\text{idx}_j}(X_*, X)\, v$."""
+
+    def piece_operators(
+        self, idx: Int[Array, " a"], w: Float[Array, " a"]
+    ) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+        r"""`(train, test)` products with the piece combination $\sum_j w_j \Theta_{\text{idx}_j}$.
+
+        For many products with the same piece (a Lanczos basis takes `m` of them): grids
+        whose kernels are stored dense form the combination once here, so each product is one
+        pass over one matrix instead of a gather and a combination of `support` of them.
+        """
+        return (lambda v: self.train_matvec(idx, w, v), lambda v: self.test_matvec(idx, w, v))
 
     @abc.abstractmethod
     def spectral(

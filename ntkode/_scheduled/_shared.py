@@ -124,6 +124,14 @@ class SharedKernelGrid(AbstractKernelGrid):
     def test_matvec(self, idx, w, v):
         return self._apply(self.kernel_test, idx, w, v)
 
+    def piece_operators(self, idx, w):
+        train = jnp.einsum("a,aij->ij", w, self.kernel_train[idx])
+        test = jnp.einsum("a,aij->ij", w, self.kernel_test[idx])
+        k = self.n_outputs
+        return (lambda v: (train @ v.reshape(-1, k)).reshape(-1)), (
+            lambda v: (test @ v.reshape(-1, k)).reshape(-1)
+        )
+
     def spectral(self):
         # n-row bases: each eigenvector of the shared kernel serves every output column.
         lam, vec = jax.vmap(jnp.linalg.eigh)(self.kernel_train)

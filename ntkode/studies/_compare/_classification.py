@@ -33,6 +33,7 @@ import optax
 from ..._core._compare import Comparison
 from ..._core._kernel_flow import KernelFlowProblem
 from ..._core._metrics import accuracy, classification_metrics
+from ..._core._records import solution_arrays, solution_from_arrays
 from ..._core._solve import timed_solve
 from ..._plot import pyplot
 from ..._scheduled._dense import KernelGrid
@@ -40,6 +41,7 @@ from ..._scheduled._interp import PiecewiseConstant
 from ..._scheduled._problem import ScheduledKernelProblem, ScheduleRangeWarning
 from ..._scheduled._shared import SharedKernelGrid
 from .._problems import digits_problem
+from .._run import StudyRecord, machine_line
 from ._scheduled_rows import (
     INTERPOLATIONS,
     SCHEDULES,
@@ -48,8 +50,9 @@ from ._scheduled_rows import (
     plot_error_vs_grid,
     saveat_with_nodes,
 )
+from ._study import _scatter_weights, _snapshot_indices
 
-#: `--quick`: a subset and a smaller CNN, well under a minute on 2 idle cores.
+#: `--quick`: a subset and a smaller CNN (its time is mostly compilation, see the docstring).
 QUICK = dict(n_train=64, channels=4, t_end=10.0)
 
 
@@ -132,15 +135,25 @@ def classification_study(
     tune_steps: int | None = None,
     tune_sizes: tuple[int, ...] = (4, 8),
     full_max_floats: float = 2e8,
+    resume: bool | None = None,
 ) -> Comparison:
     """True flow vs kernel surrogates on a classification problem (**digits**).
 
     Rows as in [`ntkode.studies.compare_study`][] (`true`, `true_loose`, `frozen`,
     `scheduled_<schedule>_G<G>`, with `tune` also `tuned_<schedule>_G<G>`: node positions on
     the schedule tuned by [`ntkode.tune_grid`][]), on output-traced kernels, plus `frozen_full`
-    (and `scheduled_time_full_G<G>` while it fits) on full `(n·k)²` blocks. `quick` uses
-    `n_train = 64`, 4 channels, `t_end = 10`, `G ∈ {2, 8}` and the full-block grid at
-    `G = 2` only.
+    (and `scheduled_time_full_G<G>`, the largest `G ≤ 8` whose `G·(n·k)²` floats fit in
+    `full_max_floats`) on full `(n·k)²` blocks. `quick` uses `n_train = 64`, 4 channels,
+    `t_end = 10`, `G ∈ {2, 8}` and no full-block grid (`frozen_full` still compares the full
+    blocks with the traced kernel): a smoke test whose time is mostly compilation, one
+    compile per solve shape and per kernel function.
+
+    With `out`, `results.json` there records the settings and every finished row with its
+    solution beside it (`parts/`, the reference's weights at the grids' snapshot times
+    included), through the shared [`ntkode.studies._run.StudyRecord`][]: a rerun with the
+    same settings reads the finished rows back instead of recomputing them (`resume=None`;
+    `True`: other settings are an error; `False`: always recompute), and Ctrl-C on the
+    command line keeps every finished row.
 
     **Returns:** a [`ntkode.Comparison`][] whose rows carry the classification metrics.
     """
@@ -151,171 +164,142 @@ def classification_study(
     if quick:
         n_train, channels, t_end = int(QUICK["n_train"]), int(QUICK["channels"]), QUICK["t_end"]
         n_save = min(n_save, 51)
+    tuned = [G for G in grid_sizes if G in tune_sizes and G >= 3] if tune else []
+    tune_steps = tune_steps if tune_steps is not None else (5 if quick else 25)
     prob = digits_problem(
         model=model, n_train=n_train, channels=channels, width=width, t_end=t_end, seed=seed
     )
     data, k = prob.data, prob.data.n_outputs
-    if out:
-        os.makedirs(out, exist_ok=True)
-    json_path = os.path.join(out, "results.json") if out else None
+    settings = dict(
+        problem=problem, model=model, n_train=int(n_train), channels=int(channels),
+        width=int(width), t_end=float(t_end), seed=int(seed), rtol=float(rtol),
+        n_save=int(n_save), quick=bool(quick), grid_sizes=[int(G) for G in grid_sizes],
+        schedules=list(schedules), interpolation=interpolation, tune_sizes=tuned,
+        tune_steps=tune_steps if tuned else None, full_max_floats=float(full_max_floats),
+        dtype=jnp.dtype(jnp.result_type(float)).name,
+    )  # fmt: skip
+    record = StudyRecord(out, "compare", settings, parts="rows", resume=resume, log=log)
     ts = jnp.linspace(0.0, t_end, n_save)
     if grid_sizes:
         ts = saveat_with_nodes(ts, t_end, grid_sizes)
     cmp = Comparison("true")
+    # The reference's weights the surrogates need: t = 0 (frozen) and every grid's snapshots.
+    snapshots = np.union1d(_snapshot_indices(ts, t_end, grid_sizes), [0]).astype(int)
 
-    def checkpoint():
-        if json_path:
-            cmp.save_json(json_path)
+    def checkpoint(name: str) -> None:
+        arrays = solution_arrays(cmp.solutions[name])
+        if name == "true":
+            leaves = jax.tree.leaves(cmp.solutions["true"].weights)
+            arrays.update({f"w{i}": np.asarray(w)[snapshots] for i, w in enumerate(leaves)})
+        record.put(name, cmp.rows[name], arrays=arrays)
+
+    def resumed(name: str) -> bool:
+        """Whether row `name` is finished (read back from the record if it was saved)."""
+        if name in cmp.rows or name not in record:
+            return name in cmp.rows
+        arrays = record.arrays(name)
+        weights = None
+        if name == "true":
+            weights = _scatter_weights(prob.model, arrays, snapshots, ts.shape[0])
+        cmp.rows[name] = record.get(name)
+        cmp.solutions[name] = solution_from_arrays(arrays, weights)
+        return True
 
     arch = f"CNN (1->{channels}->{channels}, 3x3)" if model == "cnn" else f"MLP 64->{width}"
     log(
         f"digits: {arch} -> 10, softmax cross-entropy, n_train={data.n_train}, "
-        f"n_test={data.n_test}, t in [0, {t_end}]"
+        f"n_test={data.n_test}, t in [0, {t_end}]; {machine_line()}"
     )
     log(f"[1/4] true flow, Tsit5, rtol={rtol:g} (reference)")
-    true, sec, csec = timed_solve(
-        prob, saveat=ts, rtol=rtol, atol=1e-2 * rtol, progress=progress, save_weights=True
-    )
-    if not true.success:
-        log(f"  warning: {true.message}")
-    true_seconds = sec
-    _add(cmp, "true", true, true, log, seconds=sec, compile_seconds=csec, rtol=rtol)
-    checkpoint()
+    if not resumed("true"):
+        true, sec, csec = timed_solve(
+            prob, saveat=ts, rtol=rtol, atol=1e-2 * rtol, progress=progress, save_weights=True
+        )
+        if not true.success:
+            log(f"  warning: {true.message}")
+        _add(cmp, "true", true, true, log, seconds=sec, compile_seconds=csec, rtol=rtol)
+        checkpoint("true")
+    true = cmp.solutions["true"]
+    true_seconds = cmp.rows["true"]["seconds"]
 
     loose = 10 * rtol
     log(f"[2/4] true flow, rtol={loose:g} (the truth's own uncertainty)")
-    sol, sec, csec = timed_solve(prob, saveat=ts, rtol=loose, atol=1e-2 * loose, progress=progress)
-    _add(cmp, "true_loose", sol, true, log, seconds=sec, compile_seconds=csec, rtol=loose)
-    checkpoint()
+    if not resumed("true_loose"):
+        sol, sec, csec = timed_solve(
+            prob, saveat=ts, rtol=loose, atol=1e-2 * loose, progress=progress
+        )
+        _add(cmp, "true_loose", sol, true, log, seconds=sec, compile_seconds=csec, rtol=loose)
+        checkpoint("true_loose")
     truth_err = cmp.rows["true_loose"]["max_rel_train_error"]
 
-    def scheduled(grid, schedule, interp):
-        return ScheduledKernelProblem(
-            grid, data, schedule, interp, prob.loss, prob.tspan, prob.learning_rate
-        )
-
-    log("[3/4] frozen NTK at initialisation (output-traced; full blocks as frozen_full)")
-    traced = TracedKernelCache(true, prob.model, data)
-    grid, build = traced.grid([0.0], SCHEDULES["time"])
-    with warnings.catch_warnings():  # one node: the kernel is frozen by design, not clamped
-        warnings.simplefilter("ignore", ScheduleRangeWarning)
-        sol, sec, csec = timed_solve(
-            scheduled(grid, SCHEDULES["time"], PiecewiseConstant()),
+    def solve(grid, schedule, interp):
+        return timed_solve(
+            ScheduledKernelProblem(
+                grid, data, schedule, interp, prob.loss, prob.tspan, prob.learning_rate
+            ),
             saveat=ts,
             rtol=rtol,
             atol=1e-2 * rtol,
         )
-    _add(
-        cmp,
-        "frozen",
-        sol,
-        true,
-        log,
-        seconds=sec,
-        compile_seconds=csec,
-        grid_seconds=build,
-        speedup=true_seconds / max(sec, 1e-9),
-        kernel="traced",
-    )
-    checkpoint()
-    start = time.perf_counter()
-    frozen = KernelFlowProblem.from_model(
-        prob.model, data, prob.loss, prob.tspan, prob.learning_rate
-    )
-    frozen.kernel_train.block_until_ready()
-    build = time.perf_counter() - start
-    sol, sec, csec = timed_solve(frozen, saveat=ts, rtol=rtol, atol=1e-2 * rtol)
-    _add(
-        cmp,
-        "frozen_full",
-        sol,
-        true,
-        log,
-        seconds=sec,
-        compile_seconds=csec,
-        grid_seconds=build,
-        speedup=true_seconds / max(sec, 1e-9),
-        kernel="full",
-    )
-    del frozen
-    checkpoint()
+
+    log("[3/4] frozen NTK at initialisation (output-traced; full blocks as frozen_full)")
+    traced = TracedKernelCache(true, prob.model, data)
+    if not resumed("frozen"):
+        grid, build = traced.grid([0.0], SCHEDULES["time"])
+        with warnings.catch_warnings():  # one node: the kernel is frozen by design, not clamped
+            warnings.simplefilter("ignore", ScheduleRangeWarning)
+            sol, sec, csec = solve(grid, SCHEDULES["time"], PiecewiseConstant())
+        _add(cmp, "frozen", sol, true, log, seconds=sec, compile_seconds=csec, grid_seconds=build,
+             speedup=true_seconds / max(sec, 1e-9), kernel="traced")  # fmt: skip
+        checkpoint("frozen")
+    if not resumed("frozen_full"):
+        start = time.perf_counter()
+        frozen = KernelFlowProblem.from_model(
+            prob.model, data, prob.loss, prob.tspan, prob.learning_rate
+        )
+        frozen.kernel_train.block_until_ready()
+        build = time.perf_counter() - start
+        sol, sec, csec = timed_solve(frozen, saveat=ts, rtol=rtol, atol=1e-2 * rtol)
+        del frozen
+        _add(cmp, "frozen_full", sol, true, log, seconds=sec, compile_seconds=csec,
+             grid_seconds=build, speedup=true_seconds / max(sec, 1e-9),
+             kernel="full")  # fmt: skip
+        checkpoint("frozen_full")
 
     if grid_sizes:
         log(f"[4/4] scheduled NTK grids, G in {list(grid_sizes)}, {interpolation} weights")
         times = node_times(t_end, grid_sizes)
         interp = INTERPOLATIONS[interpolation]
+        common = dict(truth_uncertainty=truth_err, interpolation=interpolation)
         for G in grid_sizes:
             for name in schedules:
+                label = f"scheduled_{name}_G{G}"
+                if resumed(label):
+                    continue
                 grid, build = traced.grid(times[G], SCHEDULES[name])
-                sol, sec, csec = timed_solve(
-                    scheduled(grid, SCHEDULES[name], interp),
-                    saveat=ts,
-                    rtol=rtol,
-                    atol=1e-2 * rtol,
-                )
-                _add(
-                    cmp,
-                    f"scheduled_{name}_G{G}",
-                    sol,
-                    true,
-                    log,
-                    seconds=sec,
-                    compile_seconds=csec,
-                    grid_seconds=build,
-                    grid_size=int(G),
-                    schedule=name,
-                    speedup=true_seconds / max(sec, 1e-9),
-                    truth_uncertainty=truth_err,
-                    interpolation=interpolation,
-                    kernel="traced",
-                )
-                checkpoint()
+                sol, sec, csec = solve(grid, SCHEDULES[name], interp)
+                _add(cmp, label, sol, true, log, seconds=sec, compile_seconds=csec,
+                     grid_seconds=build, grid_size=int(G), schedule=name,
+                     speedup=true_seconds / max(sec, 1e-9), kernel="traced", **common)  # fmt: skip
+                checkpoint(label)
         fits = [G for G in grid_sizes if G <= 8 and G * (data.n_train * k) ** 2 <= full_max_floats]
-        if fits and "time" in schedules:
-            G = min(fits) if quick else max(fits)
-            full = TracedKernelCache(true, prob.model, data, full=True)
-            grid, build = full.grid(times[G], SCHEDULES["time"])
-            sol, sec, csec = timed_solve(
-                scheduled(grid, SCHEDULES["time"], interp),
-                saveat=ts,
-                rtol=rtol,
-                atol=1e-2 * rtol,
-            )
-            _add(
-                cmp,
-                f"scheduled_time_full_G{G}",
-                sol,
-                true,
-                log,
-                seconds=sec,
-                compile_seconds=csec,
-                grid_seconds=build,
-                grid_size=int(G),
-                schedule="time_full",
-                speedup=true_seconds / max(sec, 1e-9),
-                truth_uncertainty=truth_err,
-                interpolation=interpolation,
-                kernel="full",
-            )
-            del full, grid
-            checkpoint()
-        tuned = [G for G in grid_sizes if G in tune_sizes and G >= 3] if tune else []
+        if fits and "time" in schedules and not quick:
+            G = max(fits)
+            label = f"scheduled_time_full_G{G}"
+            if not resumed(label):
+                full = TracedKernelCache(true, prob.model, data, full=True)
+                grid, build = full.grid(times[G], SCHEDULES["time"])
+                sol, sec, csec = solve(grid, SCHEDULES["time"], interp)
+                del full, grid
+                _add(cmp, label, sol, true, log, seconds=sec, compile_seconds=csec,
+                     grid_seconds=build, grid_size=int(G), schedule="time_full",
+                     speedup=true_seconds / max(sec, 1e-9), kernel="full", **common)  # fmt: skip
+                checkpoint(label)
         if tuned:
             log(f"[tune] tuning schedule nodes of the uniform grids G in {tuned}")
-            _add_tuned_rows(
-                cmp,
-                prob,
-                true,
-                traced,
-                times,
-                tuned,
-                schedules,
-                interp,
-                ts,
-                steps=tune_steps if tune_steps is not None else (5 if quick else 25),
-                log=log,
-                checkpoint=checkpoint,
-            )
+            _add_tuned_rows(cmp, prob, true, traced, times, tuned, schedules, interp, ts,
+                            steps=tune_steps, log=log, checkpoint=checkpoint,
+                            resumed=resumed)  # fmt: skip
     cmp.solutions["true"] = eqx.tree_at(
         lambda s: s.weights, true, None, is_leaf=lambda x: x is None
     )
@@ -330,11 +314,25 @@ def classification_study(
         plot_accuracy(cmp, os.path.join(out, "accuracy.png"))
         if grid_sizes:
             plot_error_vs_grid(cmp, os.path.join(out, "error_vs_G.png"))
+    record.finish()
     return cmp
 
 
 def _add_tuned_rows(
-    cmp, prob, true, cache, times, grid_sizes, schedules, interp, ts, *, steps, log, checkpoint
+    cmp,
+    prob,
+    true,
+    cache,
+    times,
+    grid_sizes,
+    schedules,
+    interp,
+    ts,
+    *,
+    steps,
+    log,
+    checkpoint,
+    resumed,
 ) -> None:
     """Rows `tuned_<schedule>_G<G>`: schedule-node positions tuned against the reference."""
     from ..._tuning._nodes import ScheduleNodes
@@ -343,6 +341,8 @@ def _add_tuned_rows(
     for G in grid_sizes:
         for name in schedules:
             label = f"tuned_{name}_G{G}"
+            if resumed(label):
+                continue
             grid, _ = cache.grid(times[G], SCHEDULES[name])
             p = ScheduledKernelProblem(
                 grid,
@@ -383,7 +383,7 @@ def _add_tuned_rows(
             )
             if base is not None:
                 row["error_reduction"] = base / row["max_rel_train_error"]
-            checkpoint()
+            checkpoint(label)
 
 
 def plot_accuracy(cmp: Comparison, path: str) -> None:

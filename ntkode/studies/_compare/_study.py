@@ -116,7 +116,8 @@ def compare_study(
             problem=problem_name, model=model, seed=seed, rtol=rtol, out=out, quick=quick,
             progress=progress, log=log, grid_sizes=grid_sizes, schedules=schedules,
             interpolation=interpolation, tune=tune, tune_steps=tune_steps,
-            tune_sizes=tune_sizes, **{k: v for k, v in given.items() if v is not None},
+            tune_sizes=tune_sizes, resume=resume,
+            **{k: v for k, v in given.items() if v is not None},
         )  # fmt: skip
     # --- end of the classification hook ---
     base = QUICK if quick else FULL
