@@ -75,34 +75,36 @@ def scheduled(N, ctx):
     """compare"""
     sizes = sorted(
         int(k.rsplit("G", 1)[1])
-        for k in N.records.get("compare", {})
+        for k in N.records.get("compare", {}).get("rows", {})
         if k.startswith("scheduled_time_G")
     )
     if not sizes:
         raise Missing("compare/scheduled_time_G*")
-    rows = [["frozen NTK", "—", N("compare", "frozen/max_rel_train_error", "pct"),
-             N("compare", "frozen/max_rel_test_error", "pct"), N("compare", "frozen/speedup", "x")]]  # fmt: skip
+    rows = [["frozen NTK", "—", N("compare", "rows/frozen/max_rel_train_error", "pct"),
+             N("compare", "rows/frozen/max_rel_test_error", "pct"), N("compare", "rows/frozen/speedup", "x")]]  # fmt: skip
     for G in sizes:
         for name, label in (("time", "time, linear"), ("loss", "loss level, linear"),
                             ("time_exact", "time, exact pieces"), ("loss_exact", "loss, exact pieces")):  # fmt: skip
             key = f"scheduled_{name}_G{G}"
-            if N.has("compare", key):
-                rows.append([label, str(G), N("compare", f"{key}/max_rel_train_error", "pct"),
-                             N("compare", f"{key}/max_rel_test_error", "pct"),
-                             N("compare", f"{key}/speedup", "x")])  # fmt: skip
-    best = min(sizes, key=lambda g: N.value("compare", f"scheduled_time_G{g}/max_rel_train_error"))
-    unc = N.value("compare", "true_loose/max_rel_train_error")
-    best_err = N.value("compare", f"scheduled_time_G{best}/max_rel_train_error")
+            if N.has("compare", f"rows/{key}"):
+                rows.append([label, str(G), N("compare", f"rows/{key}/max_rel_train_error", "pct"),
+                             N("compare", f"rows/{key}/max_rel_test_error", "pct"),
+                             N("compare", f"rows/{key}/speedup", "x")])  # fmt: skip
+    best = min(
+        sizes, key=lambda g: N.value("compare", f"rows/scheduled_time_G{g}/max_rel_train_error")
+    )
+    unc = N.value("compare", "rows/true_loose/max_rel_train_error")
+    best_err = N.value("compare", f"rows/scheduled_time_G{best}/max_rel_train_error")
     verdict = "within" if best_err <= unc else "above"
     verdict += " the truth's own uncertainty"
     return (
         f"**Problem** ({'quick' if ctx['quick'] else 'full'} build): {_compare_sizes(ctx)}. "
         "Errors are $\\max_t\\|u(t) - u_{\\rm true}(t)\\| / \\|u_{\\rm true}(0) - Y\\|$ on train "
         "and test points; speedup is the true flow's solve time over the surrogate's. "
-        f"The true flow at two tolerances differs by {N('compare', 'true_loose/max_rel_train_error', 'pct')} "
+        f"The true flow at two tolerances differs by {N('compare', 'rows/true_loose/max_rel_train_error', 'pct')} "
         f"(train): no surrogate can be shown closer than that. The frozen kernel is off by "
-        f"{N('compare', 'frozen/max_rel_train_error', 'pct')}; the best time-scheduled grid "
-        f"(G = {best}) by {N('compare', f'scheduled_time_G{best}/max_rel_train_error', 'pct')}, "
+        f"{N('compare', 'rows/frozen/max_rel_train_error', 'pct')}; the best time-scheduled grid "
+        f"(G = {best}) by {N('compare', f'rows/scheduled_time_G{best}/max_rel_train_error', 'pct')}, "
         f"{verdict}.\n\n"
         + table(["surrogate", "G", "train error", "test error", "speedup"], rows)
         + "\n\n"
@@ -115,16 +117,32 @@ def scheduled(N, ctx):
 def digits(N, ctx):
     """compare_digits"""
     rows = []
-    for key, row in N.records.get("compare_digits", {}).items():
+    for key, row in N.records.get("compare_digits", {}).get("rows", {}).items():
         if isinstance(row, dict) and "max_rel_train_error" in row:
-            rows.append([key.replace("_", " "), N("compare_digits", f"{key}/max_rel_train_error", "pct"),
-                         N("compare_digits", f"{key}/max_rel_test_error", "pct")])  # fmt: skip
+            k = f"rows/{key}"
+            rows.append([key.replace("_", " "), N("compare_digits", f"{k}/max_rel_train_error", "pct"),
+                         N("compare_digits", f"{k}/max_rel_test_error", "pct")]
+                        + [N("compare_digits", f"{k}/{c}", f) if N.has("compare_digits", f"{k}/{c}") else "—"
+                           for c, f in (("final_test_accuracy", "pct"), ("max_accuracy_gap", "pct"),
+                                        ("final_class_agreement", "pct"))])  # fmt: skip
     if not rows:
         raise Missing("compare_digits/results.json")
     return (
         "The same comparison on a classification problem (scikit-learn's digits, cross-entropy): "
-        "errors of the outputs against the true flow.\n\n"
-        + table(["surrogate", "train error", "test error"], rows)
+        "errors of the outputs (logits) against the true flow, final test accuracy, the largest "
+        "gap in test accuracy to the true network over the run, and the share of test images "
+        "whose predicted class agrees with the true network's at the end.\n\n"
+        + table(
+            [
+                "method",
+                "train error",
+                "test error",
+                "test accuracy",
+                "max accuracy gap",
+                "class agreement",
+            ],
+            rows,
+        )
     )
 
 

@@ -41,7 +41,7 @@ def test_quoted_numbers_equal_their_records(tmp_path):
     for G, e in ((2, 0.08), (8, 0.0456)):
         compare[f"scheduled_time_G{G}"] = _row(e, e * 1.1, 20.0 + G)
         compare[f"scheduled_loss_G{G}"] = _row(2 * e, 2.2 * e, 10.0 + G)
-    _write(tmp_path, "compare", compare)
+    _write(tmp_path, "compare", {"rows": compare})
     curve = {"r0": 5.3, "solved_end": 0.108, "lower_end": 0.05, "upper_end": 0.167,
              "uniform_end": 3.95, "upper_over_solved_end": 1.54, "uniform_over_solved_end": 36.4,
              "holds": True}  # fmt: skip
@@ -63,11 +63,11 @@ def test_quoted_numbers_equal_their_records(tmp_path):
 
 
 def test_a_missing_key_reports_its_section(tmp_path):
-    _write(tmp_path, "compare", {"scheduled_time_G2": _row(0.1, 0.1, 1.0)})  # no frozen row
+    _write(tmp_path, "compare", {"rows": {"scheduled_time_G2": _row(0.1, 0.1, 1.0)}})  # no frozen
     text = build.write_paper(tmp_path, False, {"build": {"seconds": 1.0, "cpus": 2,
                                                           "load_average": [1, 1, 1]}})  # fmt: skip
     section = text.split("## 1.")[1].split("## 2.")[0]
-    assert "(study not available in this build: missing frozen/max_rel_train_error)" in section
+    assert "(study not available in this build: missing rows/frozen/max_rel_train_error)" in section
     check_numbers(tmp_path)
 
 
