@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntkode.datasets._closure import closure_images
-from ntkode.studies._closure._kernels import kernel_machine, traced_ntk
+from ntkode.studies._closure._kernels import kernel_machine, peak_rss_gb, traced_ntk
 from ntkode.studies._closure._metrics import iou_summary
 from ntkode.studies._closure._train import predict_logits
 from ntkode.studies._closure._unet import build_unet
@@ -48,14 +48,18 @@ def kernel(n: int, size: int, test: int, memory_gb: float) -> None:
                      key=jax.random.key(0))  # fmt: skip
     print(f"n={n} train + {test} test images {size}×{size}, load {load()}", flush=True)
     k, seconds = traced_ntk(net, x, n, memory_gb)
-    print(f"NTK (traced) {k.shape}: {seconds:.1f} s (load {load()})", flush=True)
+    print(
+        f"NTK (traced) {k.shape}: {seconds:.1f} s, peak RSS {peak_rss_gb():.2f} GB (load {load()})",
+        flush=True,
+    )
     f0 = predict_logits(net, x).reshape(n + test, -1)
     m = kernel_machine(k[:n], k[n:], tr.inside.reshape(n, -1), f0[:n], f0[n:])
     score = iou_summary(m.test.reshape(te.inside.shape) > 0, te.inside)
     print(
         f"solve (leave-one-out ridge over 6 values + kernel regression): "
         f"{m.solve_seconds:.1f} s; ridge {m.ridge:g}; test IoU pooled "
-        f"{score['iou_pooled']:.3f}, p10 {score['iou_p10']:.3f} (load {load()})",
+        f"{score['iou_pooled']:.3f}, p10 {score['iou_p10']:.3f}; peak RSS "
+        f"{peak_rss_gb():.2f} GB (load {load()})",
         flush=True,
     )
 
