@@ -74,6 +74,7 @@ def learning_curves(
     preds: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
     networks: dict[int, UNet] = {}
+    shape = {k: v for k, v in architecture.items() if k != "dtype"}
     for n in sorted(set(curve_n) | set(kernel_n)):
         x, y = x_pool[:n], jnp.asarray(y_pool[:n], x_pool.dtype)
         epochs = max(1, round(steps * min(batch_size, n) / n))
@@ -82,7 +83,8 @@ def learning_curves(
             init, x, y, optimiser=optimiser, epochs=epochs, batch_size=batch_size,
             augment=False, seed=seed, validation=None,
             folder=None if folder is None else os.path.join(folder, f"n{n}"),
-            settings={"purpose": f"learning curve, n={n}"}, progress=False,
+            settings={"purpose": f"learning curve, n={n}", "architecture": shape},
+            progress=False,
         )  # fmt: skip
         networks[n] = run.model
         logits = predict_logits(run.model, x_test)
