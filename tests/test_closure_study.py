@@ -261,6 +261,8 @@ def test_study_bad_settings():
         nk.closure_study(kernel_size=20, out=None, progress=False)
     with pytest.raises(ValueError, match="must also be in `curve_n`"):
         nk.closure_study(kernel_n=(128,), curve_n=(64,), out=None, progress=False)
+    with pytest.raises(ValueError, match="`curve_channels` must be at least 1, got 0"):
+        nk.closure_study(curve_channels=0, out=None, progress=False)
 
 
 @pytest.mark.slow
@@ -279,6 +281,10 @@ def test_closure_quick(tmp_path, capsys):
     assert res["settings"]["size"] == 32 and res["settings"]["kernel_size"] == 16
     curves = res["learning_curves"]
     assert {"network", "ntk_init", "ntk_final", "path", "network_sgd"} <= set(curves)
+    # Each curve network says whether it converged; the kernel stage, what it cost.
+    assert {"train_loss", "train_iou", "steps"} <= set(curves["network"][0])
+    assert {"ntk_seconds", "solve_seconds"} <= set(curves["ntk_init"][0])
+    assert 0 < res["timings"]["curves_peak_rss_gb"] < 8
     out = capsys.readouterr().out
     assert "Is it its own kernel machine?" in out and "IoU on held-out" in out
     net = nk.load_closure_network(tmp_path / "network")
