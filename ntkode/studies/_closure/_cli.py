@@ -7,7 +7,10 @@ HELP = (
     "Train a U-Net on Jordan-curve images (four families, incl. non-star-shaped) and score it "
     "on one, two and three shapes and at twice the size against the parity algorithm; then "
     "learning curves of the network and of kernel regression with its NTK at init, after "
-    "training, and its SGD path kernel."
+    "training, and its SGD path kernel. Sizes are chosen for two CPU cores (32×32 images, "
+    "4,096 for training; kernel part at 16×16): `--kernel-n 64,256,1024 --curve-channels 4` "
+    "adds kernel machines at n=1,024 (see benchmarks/README.md for measured times and the "
+    "`--size 64 --n-train 10000` GPU configuration)."
 )
 
 # Under a minute on two cores: a small network on few images, every stage exercised.
