@@ -181,10 +181,18 @@ def kernel_machine(
     truth = np.asarray(y_train, bool)
     target = np.where(truth, 1.0, -1.0).astype(np.float32)
     rho, loo = loo_ridge(np.asarray(k_train), target - np.asarray(f0_train), truth, ridges)
-    out = kernel_regression(
-        k_train, k_test, target, u0_train=f0_train, u0_test=f0_test, ridge=rho,
-        relative_ridge=True, symmetric=symmetric,
-    )  # fmt: skip
+    # The selection runs in float64; in float32 the chosen ridge can leave the solve
+    # singular, in which case the next larger ridge is used (and reported).
+    for rho in [r for r in ridges if r >= rho]:
+        try:
+            out = kernel_regression(
+                k_train, k_test, target, u0_train=f0_train, u0_test=f0_test, ridge=rho,
+                relative_ridge=True, symmetric=symmetric,
+            )  # fmt: skip
+            break
+        except ValueError:
+            if rho == ridges[-1]:
+                raise
     test = np.asarray(out.test)
     return Machine(test, rho, loo, time.perf_counter() - t)
 
