@@ -97,15 +97,14 @@ def test_unet_ntk_agrees_with_reference():
     fast = nk.ntk(net, x, trace=True)
     ref = nk.ntk(net, x, trace=True, implementation="reference")
     np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-12)
-    # The study's route: features computed once and kept, or, past the memory budget,
-    # columns in groups (one image per group, or two beside a chunk of one row), against chosen
-    # columns.
+    # The study's route: the trace summed over blocks of pixels, as many as fit in
+    # `memory_gb` (all 256, one, or a few), against chosen columns in any order.
     kept, _ = traced_ntk(net, x, np.array([1]))
     np.testing.assert_allclose(kept, ref[:, [1]], rtol=1e-10, atol=1e-12)
     blocked, _ = traced_ntk(net, x, 1, memory_gb=1e-9)
     np.testing.assert_allclose(blocked, ref[:, :1], rtol=1e-10, atol=1e-12)
-    per_image = 16 * 16 * sum(v.size for v in jax.tree.leaves(eqx.filter(net, eqx.is_array))) * 8
-    grouped, _ = traced_ntk(net, x, np.array([2, 0, 1]), memory_gb=7 * per_image / 1e9)
+    per_pixel = 6 * sum(v.size for v in jax.tree.leaves(eqx.filter(net, eqx.is_array))) * 8
+    grouped, _ = traced_ntk(net, x, np.array([2, 0, 1]), memory_gb=50 * per_pixel / 1e9)
     np.testing.assert_allclose(grouped, ref[:, [2, 0, 1]], rtol=1e-10, atol=1e-12)
 
 
@@ -262,6 +261,8 @@ def test_study_bad_settings():
         nk.closure_study(kernel_size=20, out=None, progress=False)
     with pytest.raises(ValueError, match="must also be in `curve_n`"):
         nk.closure_study(kernel_n=(128,), curve_n=(64,), out=None, progress=False)
+    with pytest.raises(ValueError, match="`curve_channels` must be at least 1, got 0"):
+        nk.closure_study(curve_channels=0, out=None, progress=False)
 
 
 @pytest.mark.slow
@@ -280,6 +281,10 @@ def test_closure_quick(tmp_path, capsys):
     assert res["settings"]["size"] == 32 and res["settings"]["kernel_size"] == 16
     curves = res["learning_curves"]
     assert {"network", "ntk_init", "ntk_final", "path", "network_sgd"} <= set(curves)
+    # Each curve network says whether it converged; the kernel stage, what it cost.
+    assert {"train_loss", "train_iou", "steps"} <= set(curves["network"][0])
+    assert {"ntk_seconds", "solve_seconds"} <= set(curves["ntk_init"][0])
+    assert 0 < res["timings"]["curves_peak_rss_gb"] < 8
     out = capsys.readouterr().out
     assert "Is it its own kernel machine?" in out and "IoU on held-out" in out
     net = nk.load_closure_network(tmp_path / "network")

@@ -7,7 +7,10 @@ HELP = (
     "Train a U-Net on Jordan-curve images (four families, incl. non-star-shaped) and score it "
     "on one, two and three shapes and at twice the size against the parity algorithm; then "
     "learning curves of the network and of kernel regression with its NTK at init, after "
-    "training, and its SGD path kernel."
+    "training, and its SGD path kernel. Sizes are chosen for two CPU cores (32×32 images, "
+    "4,096 for training; kernel part at 16×16): `--kernel-n 64,256,1024 --curve-channels 4` "
+    "adds kernel machines at n=1,024 (see benchmarks/README.md for measured times and the "
+    "`--size 64 --n-train 10000` GPU configuration)."
 )
 
 # Under a minute on two cores: a small network on few images, every stage exercised.
@@ -45,17 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="mixed", help="curve families (mixed, star, ...)")
     parser.add_argument("--kernel-size", type=int, default=16, help="image side of kernel part")
     parser.add_argument(
+        "--curve-channels", type=int, default=None,
+        help="U-Net channels of the learning-curve networks (default: --channels)",
+    )  # fmt: skip
+    parser.add_argument(
         "--curve-n", type=_sizes, default=(64, 256, 1024, 4096), help="network curve sizes"
     )
     parser.add_argument("--kernel-n", type=_sizes, default=(64, 256), help="NTK machine sizes")
     parser.add_argument("--path-n", type=_sizes, default=(64,), help="path kernel sizes")
     parser.add_argument("--kernel-test", type=int, default=128, help="kernel test images")
-    parser.add_argument("--curve-steps", type=int, default=400, help="steps per curve network")
+    parser.add_argument("--curve-steps", type=int, default=2000, help="steps per curve network")
     parser.add_argument("--path-epochs", type=int, default=10, help="SGD epochs (path run)")
     parser.add_argument("--path-batch-size", type=int, default=32, help="SGD batch (path run)")
     parser.add_argument("--path-lr", type=float, default=1.0, help="SGD rate (path run)")
     parser.add_argument("--path-test", type=int, default=32, help="path machine test images")
-    parser.add_argument("--memory-gb", type=float, default=4.0, help="memory for NTK features (GB)")
+    parser.add_argument("--memory-gb", type=float, default=2.0, help="memory for NTK features (GB)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
     parser.add_argument("--float64", action="store_true", help="run in float64")
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         size=args.size, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
         batch_size=args.batch_size, optimiser=args.optimiser, learning_rate=args.lr,
         scales=args.scales, channels=args.channels, growth=args.growth, norm=args.norm,
-        kind=args.kind, kernel_size=args.kernel_size, curve_n=args.curve_n,
+        kind=args.kind, kernel_size=args.kernel_size, curve_channels=args.curve_channels,
+        curve_n=args.curve_n,
         kernel_n=args.kernel_n, path_n=args.path_n, kernel_test=args.kernel_test,
         curve_steps=args.curve_steps, path_epochs=args.path_epochs,
         path_batch_size=args.path_batch_size, path_learning_rate=args.path_lr,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._kernels import kernel_machine, ntk_machines, traced_ntk
+from ._kernels import kernel_machine, ntk_machines, peak_rss_gb, traced_ntk
 from ._metrics import iou_summary
 from ._optimisers import AbstractOptimiser
 from ._path import sgd_path_kernel
@@ -74,6 +74,7 @@ def learning_curves(
     preds: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
     networks: dict[int, UNet] = {}
+    shape = {k: v for k, v in architecture.items() if k != "dtype"}
     for n in sorted(set(curve_n) | set(kernel_n)):
         x, y = x_pool[:n], jnp.asarray(y_pool[:n], x_pool.dtype)
         epochs = max(1, round(steps * min(batch_size, n) / n))
@@ -82,12 +83,24 @@ def learning_curves(
             init, x, y, optimiser=optimiser, epochs=epochs, batch_size=batch_size,
             augment=False, seed=seed, validation=None,
             folder=None if folder is None else os.path.join(folder, f"n{n}"),
-            settings={"purpose": f"learning curve, n={n}"}, progress=False,
+            settings={"purpose": f"learning curve, n={n}", "architecture": shape},
+            progress=False,
         )  # fmt: skip
         networks[n] = run.model
         logits = predict_logits(run.model, x_test)
         if n in curve_n:
-            rows["network"].append({"n": n, **iou_summary(logits > 0, truth)})
+            last = run.history[-1]
+            rows["network"].append(
+                {"n": n, **iou_summary(logits > 0, truth),
+                 "steps": epochs * (n // min(batch_size, n)),
+                 "train_loss": float(last["loss"]), "train_iou": float(last["train_iou"])}
+            )  # fmt: skip
+            say(
+                f"  n={n}: training loss {last['loss']:.4f}, running training IoU "
+                f"{last['train_iou']:.3f} (last epoch); held-out IoU "
+                f"{rows['network'][-1]['iou_pooled']:.3f} ({run.seconds:.0f} s)",
+                flush=True,
+            )
             preds["network"] = logits > 0
         timings[f"network_n{n}_s"] = run.seconds
     if kernel_n:
@@ -95,6 +108,7 @@ def learning_curves(
         say(f"NTK at initialisation: {big} + {x_test.shape[0]} images", flush=True)
         k0, t0 = traced_ntk(init, jnp.concatenate([x_pool[:big], x_test]), big, memory_gb)
         timings[f"ntk_init_n{big}_s"] = t0
+        say(f"NTK at initialisation: {t0:.1f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
         for n in sorted(kernel_n):
             k_init = (k0[:n, :n], k0[big:, :n])
             out = ntk_machines(
@@ -108,7 +122,8 @@ def learning_curves(
             solves = sum(out[k]["machine"].solve_seconds for k in ("ntk_init", "ntk_final"))
             say(
                 f"kernel machines at n={n}: NTK after training "
-                f"{out['ntk_final']['ntk_seconds']:.1f} s, solves {solves:.1f} s",
+                f"{out['ntk_final']['ntk_seconds']:.1f} s, solves {solves:.1f} s, peak RSS "
+                f"{peak_rss_gb():.2f} GB",
                 flush=True,
             )
     x_path, truth_path = x_test[:path_test], truth[:path_test]
@@ -139,6 +154,7 @@ def learning_curves(
         )  # fmt: skip
         preds["network_sgd"] = sgd
         timings[f"path_n{n}_s"] = time.perf_counter() - t
+    timings["peak_rss_gb"] = peak_rss_gb()
     return {
         "size": int(m),
         "n_test": int(x_test.shape[0]),
