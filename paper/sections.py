@@ -340,7 +340,34 @@ def closure(N, ctx):
         f"**Problem**: {N(s, 'settings/size', 'int')}×{N(s, 'settings/size', 'int')} images, "
         f"{N(s, 'settings/n_train', 'int')} training images, {N(s, 'settings/epochs', 'int')} epochs.\n\n"
         + table(["test set", "network IoU (pooled)", "(median image)", "convex hull", "all inside"], rows)
-        + "\n\n" + figure(ctx, s, "closure.png", "Test images, targets and predictions.")
+        + "\n\n" + figure(ctx, s, "examples.png", "Held-out images (one, two and three shapes; twice the size), targets and the network's predictions, with each panel's IoU.")
+        + _closure_curves(N, ctx)
+    )  # fmt: skip
+
+
+def _closure_curves(N, ctx) -> str:
+    """The learning curves: pooled test IoU against training images, network and kernels."""
+    s, lc = "closure", "learning_curves"
+    if not N.has(s, f"{lc}/network"):
+        return ""
+    names = [k for k in ("network", "ntk_init", "ntk_final", "path") if N.has(s, f"{lc}/{k}/0")]
+    at = {k: {r["n"]: i for i, r in enumerate(N.value(s, f"{lc}/{k}"))} for k in names}
+    ns = sorted(at["network"])
+    rows = [[str(n)] + [N(s, f"{lc}/{k}/{at[k][n]}/iou_pooled", "g3") if n in at[k] else "—"
+                        for k in names] for n in ns]  # fmt: skip
+    size = N(s, f"{lc}/size", "int")
+    return (
+        f"\n\n**Is the network its own kernel machine?** On {size}×{size} images, kernel "
+        "regression (ridge chosen by leave-one-out) with the network's NTK at initialisation "
+        "(`ntk_init`), its NTK after training (`ntk_final`) and its path kernel (`path`, where "
+        "run), against networks trained on the same images for "
+        f"{N(s, f'{lc}/steps', 'int')} steps; pooled test IoU on {N(s, f'{lc}/n_test', 'int')} "
+        "held-out images:\n\n"
+        + table(["training images"] + names, rows)
+        + "\n\nThe study's answer, as it printed it:\n\n"
+        + N(s, "summary", "str")
+        + "\n\n"
+        + figure(ctx, s, "learning_curves.png", "Pooled test IoU against the number of training images, network and kernel machines.")
     )  # fmt: skip
 
 

@@ -315,3 +315,31 @@ def test_quick_keeps_options_given_explicitly(monkeypatch, capsys):
     assert seen["epochs"] == 3  # given: kept
     assert seen["n_train"] == _cli.QUICK["n_train"]  # left at its default: shrunk
     assert "--epochs 3 as given" in capsys.readouterr().out
+
+
+def test_answer_states_the_kernel_machine_verdict_from_the_numbers():
+    """The printed answer follows the learning curves: close but below is 'Nearly', with the
+    worst-decile IoUs quoted; far below is 'No'; equal is 'Yes'."""
+    from ntkode.studies._closure._summary import answer
+
+    def results(final):
+        row = lambda n, iou, p10: {"n": n, "iou_pooled": iou, "iou_median": iou, "iou_p10": p10}
+        sets = ("same", "two_shapes", "three_shapes", "double_size")
+        return {
+            "settings": {"size": 32},
+            "network": {t: row(0, 0.96, 0.85) for t in sets},
+            "convex_hull": {"same": {"iou_pooled": 0.8}},
+            "learning_curves": {
+                "size": 16, "steps": 2000,
+                "network": [row(64, 0.92, 0.8), row(1024, 0.989, 0.94)],
+                "ntk_init": [row(64, 0.22, 0.1), row(1024, 0.268, 0.15)],
+                "ntk_final": [row(64, final * 0.7, 0.4), row(1024, final, 0.76)],
+            },
+        }  # fmt: skip
+
+    text = answer(results(0.917))
+    assert "Nearly, with ntk_final: its kernel machine reaches 93% of the network's" in text
+    assert "stays below the network at every n measured" in text
+    assert "10th percentile 0.76 against 0.94" in text
+    assert "Yes in this sense" in answer(results(0.985))
+    assert "No: kernel regression" in answer(results(0.5))

@@ -125,7 +125,20 @@ def answer(results: dict[str, Any]) -> str:
                     )
                 )
             elif ratio >= 0.9:
-                verdict = "Yes in this sense: its best kernel machine (nearly) matches it."
+                p10 = {k_: r["iou_p10"] for k_ in (best,) for r in curves[k_] if r["n"] == n}
+                net_p10 = next(r["iou_p10"] for r in curves["network"] if r["n"] == n)
+                below = all(
+                    r["iou_pooled"] < net_rows[r["n"]] for r in curves[best] if r["n"] in net_rows
+                )
+                verdict = (
+                    f"Nearly, with {best}: its kernel machine reaches {ratio:.0%} of the "
+                    f"network's pooled IoU"
+                    + (" but stays below the network at every n measured" if below else "")
+                    + f", and its worst images are worse (10th percentile {p10[best]:.2f} "
+                    f"against {net_p10:.2f})."
+                    if ratio < 0.97
+                    else "Yes in this sense: its best kernel machine matches it."
+                )
             elif ratio >= 0.7:
                 verdict = "Only partly: its best kernel machine comes close but falls short."
             else:
