@@ -187,7 +187,19 @@ def floor(N, ctx):
     return (
         text
         + "\n\n"
-        + figure(ctx, s, "floor.png", "Surrogate error against G along the softplus-to-ReLU sweep.")
+        + figure(
+            ctx,
+            s,
+            "error_vs_beta.png",
+            "G = 8 train error of point-sampled grids along the softplus(βx)/β → ReLU sweep, beside the truth's uncertainty.",
+        )
+        + "\n\n"
+        + figure(
+            ctx,
+            s,
+            "remedies.png",
+            "Train error against G of the point-sampled grid and of the remedies (window-mean kernel, window-mean Jacobian, soft gates) on ReLU sine.",
+        )
     )
 
 
@@ -374,15 +386,15 @@ def _closure_curves(N, ctx) -> str:
 def widths(N, ctx):
     """widths"""
     s = "widths"
-    ws = N.value(s, "config/widths")
+    ws = N.value(s, "settings/widths")
     metrics = ["kernel_error_init", "kernel_change", "trajectory_error", "prediction_gap"]
     rows = [[p] + [N(s, f"slopes/{p}/{m}", "f2") for m in metrics] for p in N.value(s, "slopes")]
     return (
         "How far is a finite network from its infinite-width limit? Empirical NTKs against the "
         "analytic kernel, the kernel's motion during training and the true-vs-frozen gap, as "
         "log-log slopes against width (Lee et al. 2019 predict about −1/2 for the motion).\n\n"
-        "**Problem**: widths " + ", ".join(N(s, f"config/widths/{i}", "int") for i in range(len(ws)))
-        + f", {N(s, 'config/n_train', 'int')} train points, depth {N(s, 'config/depth', 'int')}.\n\n"
+        "**Problem**: widths " + ", ".join(N(s, f"settings/widths/{i}", "int") for i in range(len(ws)))
+        + f", {N(s, 'settings/n_train', 'int')} train points, depth {N(s, 'settings/depth', 'int')}.\n\n"
         + table(["parameterisation"] + [m.replace("_", " ") for m in metrics], rows)
         + "\n\n" + figure(ctx, s, "widths.png", "Kernel and trajectory errors against width.")
     )  # fmt: skip
@@ -409,19 +421,32 @@ def mkl(N, ctx):
 
 def path_kernel(N, ctx):
     """closure"""
-    s = "closure"
+    s, p = "closure", "learning_curves/path/0"
+    intro = (
+        "Domingos (2020) writes a network trained by gradient descent as a kernel machine with "
+        "the path kernel $\\sum_k \\eta_k\\Theta_{\\theta_k}$ weighted along the path "
+        "(`ntkode.path_kernel` integrates it beside the weights for a flow). "
+    )
+    if N.has(s, p):
+        return intro + (
+            "For the closure networks, trained by minibatch steps, the study accumulates the "
+            "minibatch-indicator path kernel of his Remark 5 exactly, step by step. With "
+            f"{N(s, f'{p}/n', 'int')} training images and {N(s, f'{p}/steps', 'int')} steps the "
+            "reconstruction of the network's outputs from it has relative residual "
+            f"{N(s, f'{p}/reconstruction_residual', 'e2')}; as a kernel machine (ridge by "
+            f"leave-one-out) it reaches pooled test IoU {N(s, f'{p}/iou_pooled', 'g3')}, "
+            "against "
+            + (f"{N(s, 'learning_curves/network_sgd/0/iou_pooled', 'g3')} for the network it "
+               "came from." if N.has(s, "learning_curves/network_sgd/0") else "no network run.")
+        )  # fmt: skip
     key = next(
         (k for k in ("path_kernel/output_error", "path_kernel_residual") if N.has(s, k)), None
     )
     if key is None:
-        raise Missing("closure/path_kernel")
-    return (
-        "Domingos (2020) writes a network trained by gradient flow as a kernel machine with the "
-        "path kernel $\\int_0^T \\Theta_{\\theta(t)}\\,dt$ weighted along the path. ntkode "
-        "integrates the path kernel beside the weights (`ntkode.path_kernel`); its `residual` "
-        "measures the consistency of the reconstruction, and `output_error` estimates the error "
-        "of $f(\\theta_T)$ itself from a second, tighter solve. On the closure run the "
-        f"reconstruction's {key.rsplit('/', 1)[-1].replace('_', ' ')} is {N(s, key, 'e2')}."
+        raise Missing("closure/learning_curves/path")
+    return intro + (
+        f"On the closure run the reconstruction's {key.rsplit('/', 1)[-1].replace('_', ' ')} "
+        f"is {N(s, key, 'e2')}."
     )
 
 
