@@ -148,7 +148,9 @@ def main(argv=None) -> int:
                          "load_average": list(os.getloadavg()), "cpus": os.cpu_count(),
                          "jobs": 1 if args.reuse else args.jobs}  # fmt: skip
     log_path.write_text(json.dumps(runs, indent=1))
-    write_paper(root, args.quick, runs)
+    # A rewrite describes the runs it reuses (quick or not), not its own flags.
+    quick = runs["build"].get("quick", args.quick) if args.reuse else args.quick
+    write_paper(root, quick, runs)
     print(f"wrote {root / 'paper.md'} ({pdf(root)})")
     return 0
 
