@@ -352,7 +352,7 @@ def closure(N, ctx):
         f"**Problem**: {N(s, 'settings/size', 'int')}×{N(s, 'settings/size', 'int')} images, "
         f"{N(s, 'settings/n_train', 'int')} training images, {N(s, 'settings/epochs', 'int')} epochs.\n\n"
         + table(["test set", "network IoU (pooled)", "(median image)", "convex hull", "all inside"], rows)
-        + "\n\n" + figure(ctx, s, "examples.png", "Held-out images (one, two and three shapes; twice the size), targets and the network's predictions, with each panel's IoU.")
+        + "\n\n" + figure(ctx, s, "examples.png", "Held-out images (one, two and three shapes; twice the size; the median and 10th-percentile image of each set): input, target, the network's prediction, the convex-hull shortcut and the parity algorithm, with each panel's IoU.")
         + _closure_curves(N, ctx)
     )  # fmt: skip
 
