@@ -236,6 +236,9 @@ def test_save_times_and_bad_arguments():
         floor_study(loose=1.0, out=None)
     with pytest.raises(ValueError, match="soft_betas"):
         floor_study(soft_betas=(math.inf,), out=None)
+    # `quick` sets the sizes: one given beside it is refused, not silently replaced.
+    with pytest.raises(ValueError, match=r"`quick` sets `grid_sizes`, `window` itself"):
+        floor_study(quick=True, window=0.3, grid_sizes=[2, 4], out=None)
 
 
 # ---------------------------------------------------------------- the summary

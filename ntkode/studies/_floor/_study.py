@@ -18,6 +18,7 @@ This study measures, along the true flow, what is different:
    soft gates (the softplus-β NTK at the ReLU weights).
 """
 
+import inspect
 import math
 import os
 import time
@@ -123,6 +124,15 @@ def floor_study(
         remedy_sizes=tuple(grid_sizes if remedy_sizes is None else remedy_sizes),
     )  # fmt: skip
     if quick:
+        given = dict(cfg, remedy_sizes=None if remedy_sizes is None else tuple(remedy_sizes))
+        defaults = {k: p.default for k, p in inspect.signature(floor_study).parameters.items()}
+        changed = [k for k in QUICK if given[k] != _as_tuple(defaults[k])]
+        if changed:
+            names = ", ".join(f"`{k}`" for k in changed)
+            raise ValueError(
+                f"`quick` sets {names} itself; drop {'it' if len(changed) == 1 else 'them'}, "
+                "or drop `quick` (--quick on the command line) to run your sizes."
+            )
         cfg.update(QUICK)
     window = float(cfg["window"])
     _check(cfg, rtol, loose, fine_factor, window, chatter_flips)
@@ -406,6 +416,10 @@ def _sweep_point(activation, size, T, seed, dt, nodes, rtol, loose, log) -> dict
         "velocity_excess": excess["median"],
         "seconds": truth["reference"]["seconds"] + truth["loose"]["seconds"],
     }
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def _layers(values: Sequence[float]) -> str:
