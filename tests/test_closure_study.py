@@ -108,6 +108,33 @@ def test_unet_ntk_agrees_with_reference():
     np.testing.assert_allclose(grouped, ref[:, [2, 0, 1]], rtol=1e-10, atol=1e-12)
 
 
+def test_traced_ntk_equals_direct_jacobian_trace():
+    # `traced_ntk` sums J_B(X) J_B(X_cols)^T over pixel blocks, puts the columns first and
+    # fills the symmetric column block from its upper tile triangle. Against the plain
+    # definition sum_p grad f_p(x) . grad f_p(x') from one whole `jax.jacrev` per image,
+    # float64, for 16-pixel blocks and the whole image (one-pixel blocks: the slow test
+    # above), with columns in any order (so the permutation and the mirrored tiles are
+    # both exercised).
+    _, x, _ = _data(7, 16)
+    net = _tiny(channels=2)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+
+    def features(xi):
+        jac = jax.jacrev(lambda p: eqx.combine(p, static)(xi).reshape(-1))(params)
+        return jnp.concatenate([a.reshape(256, -1) for a in jax.tree.leaves(jac)], 1)
+
+    j = jax.vmap(features)(x)  # (7, 256 pixels, P)
+    direct = np.einsum("ipk,jpk->ij", j, j)
+    size = j.shape[-1]
+    for cols, pixels in ((np.array([5, 0, 3, 1, 6]), 16), (7, 256)):
+        want = direct[:, cols] if np.ndim(cols) else direct[:, :cols]
+        # Memory for exactly `pixels` pixels per block (16 blocks, or the whole image).
+        got, _ = traced_ntk(net, x, cols, memory_gb=2 * 7 * size * 8 * pixels / 1e9)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * direct.max())
+    with pytest.raises(ValueError, match="`cols` must be distinct"):
+        traced_ntk(net, x, np.array([1, 1]))
+
+
 def test_training_lowers_the_loss_and_records_history():
     _, x, y = _data(16, 16)
     run = _train.train(_tiny(), x, y, optimiser=Adam(1e-2), epochs=6, batch_size=8, progress=False)
