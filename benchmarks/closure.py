@@ -3,12 +3,14 @@ n training images (NTK seconds and solve seconds), float32.
 
     PYTHONPATH=. python benchmarks/closure.py --data                  # 10,000 images, 32×32
     PYTHONPATH=. python benchmarks/closure.py --kernel 1024 --size 16 # NTK machine, n=1024
-    PYTHONPATH=. python benchmarks/closure.py --kernel 128 --size 32 --test 32
+    PYTHONPATH=. python benchmarks/closure.py --kernel 1024 --size 32 --test 128 --channels 4
 
 The kernel is that of the study's U-Net at initialisation (4 scales, `--channels` 8), between
 `n + test` images and the `n` training ones; the solve is the study's kernel machine
 (ridge by leave-one-out IoU over six ridges, then kernel regression). Prints the load
-average and the peak resident memory next to every time: the machine may be shared.
+average and the peak resident memory next to every time: the machine may be shared; the
+NTK's seconds are split into the backward passes (per-pixel Jacobians) and the contraction
+(GEMMs), with their rates.
 """
 
 import argparse
@@ -47,9 +49,16 @@ def kernel(n: int, size: int, test: int, memory_gb: float, channels: int) -> Non
     net = build_unet(scales=4, channels=channels, growth=1.0, norm="none", dtype=jnp.float32,
                      key=jax.random.key(0))  # fmt: skip
     print(f"n={n} train + {test} test images {size}×{size}, load {load()}", flush=True)
-    k, seconds = traced_ntk(net, x, n, memory_gb)
+    prof: dict[str, float] = {}
+    k, seconds = traced_ntk(net, x, n, memory_gb, profile=prof)
     print(
-        f"NTK (traced) {k.shape}: {seconds:.1f} s, peak RSS {peak_rss_gb():.2f} GB (load {load()})",
+        f"NTK (traced) {k.shape}: {seconds:.1f} s, peak RSS {peak_rss_gb():.2f} GB "
+        f"(load {load()})\n"
+        f"  backward passes: {prof['backward_passes']:.0f} in {prof['backward_s']:.1f} s = "
+        f"{prof['backward_passes'] / prof['backward_s']:.0f} /s; contraction: "
+        f"{prof['gemm_flops'] / 1e12:.2f} TFLOP in {prof['contract_s']:.1f} s = "
+        f"{prof['gemm_flops'] / prof['contract_s'] / 1e9:.1f} GFLOP/s; "
+        f"{prof['blocks']:.0f} blocks of {prof['block_pixels']:.0f} pixels",
         flush=True,
     )
     f0 = predict_logits(net, x).reshape(n + test, -1)

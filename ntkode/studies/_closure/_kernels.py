@@ -62,8 +62,9 @@ class Machine(NamedTuple):
 
 
 def traced_ntk(
-    model: UNet, x: Float[Array, "q 1 m m"], cols: int | np.ndarray, memory_gb: float = 4.0
-) -> tuple[Array, float]:
+    model: UNet, x: Float[Array, "q 1 m m"], cols: int | np.ndarray, memory_gb: float = 4.0,
+    profile: dict[str, float] | None = None,
+) -> tuple[Array, float]:  # fmt: skip
     r"""The network's NTK traced over pixels between the images `x` and some of them.
 
     `cols` is a number `c` (the first `c` images) or an index array of distinct images.
@@ -82,7 +83,9 @@ def traced_ntk(
 
     Cost: `q m²` backward passes and `2 q c m² P` flops (less the triangle). The passes
     dominate for small networks at 32×32: they run at a few GFLOP/s on CPU (convolutions
-    with a few channels), while the GEMMs run at the machine's `jnp.dot` rate.
+    with a few channels), while the GEMMs run at the machine's `jnp.dot` rate. A dict
+    passed as `profile` receives where the time went: `backward_s` (the Jacobians),
+    `contract_s` (the GEMMs), `backward_passes`, `gemm_flops`, `blocks`, `block_pixels`.
     """
     t = time.perf_counter()
     q, m = int(x.shape[0]), int(x.shape[-1])
@@ -101,15 +104,32 @@ def traced_ntk(
     chunk = max(1, _BACKWARD_PASSES // block)
     tiles = max(1, min(_TILES, c))
     kernel = jnp.zeros((q, c), x.dtype)
+    backward_s = contract_s = 0.0
     for start in range(0, m * m, block):
+        t_block = time.perf_counter()
         pix = jnp.arange(start, start + block)
         feats = jnp.concatenate(
             [_pixel_jacobians(params, static, xp[i : i + chunk], pix) for i in range(0, q, chunk)]
-        )
-        kernel = _accumulate(kernel, feats, c, tiles)
+        ).block_until_ready()
+        t_gemm = time.perf_counter()
+        kernel = _accumulate(kernel, feats, c, tiles).block_until_ready()
+        backward_s += t_gemm - t_block
+        contract_s += time.perf_counter() - t_gemm
         del feats
     kernel = kernel[np.argsort(perm)].block_until_ready()
+    if profile is not None:
+        top = sum((hi * (hi - lo)) for lo, hi in _tile_edges(c, tiles))
+        profile.update(
+            backward_s=backward_s, contract_s=contract_s, backward_passes=q * m * m,
+            gemm_flops=2.0 * (top + (q - c) * c) * m * m * size, blocks=m * m // block,
+            block_pixels=block,
+        )  # fmt: skip
     return kernel, time.perf_counter() - t
+
+
+def _tile_edges(c: int, tiles: int) -> list[tuple[int, int]]:
+    edges = [round(c * j / tiles) for j in range(tiles + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def peak_rss_gb() -> float:
@@ -154,9 +174,8 @@ def _block_gram(f: Array, c: int, tiles: int) -> Array:
     (`f[c:] @ f[lo:hi].T`); the entries `r > s` of the top not computed come from
     `(s, r)` by symmetry. That saves `(tiles - 1) / (2 tiles)` of the top's flops.
     """
-    edges = [round(c * j / tiles) for j in range(tiles + 1)]
     top = jnp.zeros((c, c), f.dtype)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in _tile_edges(c, tiles):
         top = top.at[:hi, lo:hi].set(f[:hi] @ f[lo:hi].T)
     r = jnp.arange(c)
     top = jnp.where(r[:, None] <= r[None, :], top, top.T)
