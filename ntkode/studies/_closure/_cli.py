@@ -7,9 +7,11 @@ HELP = (
     "Train a U-Net on Jordan-curve images (four families, incl. non-star-shaped) and score it "
     "on one, two and three shapes and at twice the size against the parity algorithm; then "
     "learning curves of the network and of kernel regression with its NTK at init, after "
-    "training, and its SGD path kernel. Sizes are chosen for two CPU cores (32×32 images, "
-    "4,096 for training; kernel part at 16×16): `--kernel-n 64,256,1024 --curve-channels 4` "
-    "adds kernel machines at n=1,024 (see benchmarks/README.md for measured times and the "
+    "training, and its SGD path kernel. Sizes are chosen for ≤ 15 minutes on two CPU cores "
+    "(32×32 images, 4,096 for training; kernel part at 16×16, NTK machines at n=64 and 256, "
+    "the path kernel at n=64 scored on 16 test images: its 20 SGD steps each cost a Jacobian "
+    "of every query, the default's largest stage): `--kernel-n 64,256,1024 --curve-channels "
+    "4` adds kernel machines at n=1,024 (see benchmarks/README.md for measured times and the "
     "`--size 64 --n-train 10000` GPU configuration)."
 )
 
@@ -61,7 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path-epochs", type=int, default=10, help="SGD epochs (path run)")
     parser.add_argument("--path-batch-size", type=int, default=32, help="SGD batch (path run)")
     parser.add_argument("--path-lr", type=float, default=1.0, help="SGD rate (path run)")
-    parser.add_argument("--path-test", type=int, default=32, help="path machine test images")
+    parser.add_argument(
+        "--path-test", type=int, default=16,
+        help="path machine test images (each SGD step costs a Jacobian of every one)",
+    )  # fmt: skip
     parser.add_argument("--memory-gb", type=float, default=2.0, help="memory for NTK features (GB)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while running")

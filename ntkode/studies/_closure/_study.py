@@ -84,7 +84,7 @@ def closure_study(
     path_epochs: int = 10,
     path_batch_size: int = 32,
     path_learning_rate: float = 1.0,
-    path_test: int = 32,
+    path_test: int = 16,
     memory_gb: float = 2.0,
     seed: int = 0,
     out: str | None = "closure-results",
@@ -115,7 +115,8 @@ def closure_study(
       whether it converged.
     - `path_epochs`, `path_batch_size`, `path_learning_rate`: the SGD run of the path
       kernel; `path_test`: held-out images of its kernel machine (the first of the
-      learning curves' `kernel_test`; each SGD step costs a Jacobian of every one).
+      learning curves' `kernel_test`; each SGD step costs a Jacobian of every one, so 16
+      by default: the path run is the default study's most expensive stage).
     - `memory_gb`: memory for the traced NTK's per-pixel-block Jacobian features (the
       block is as many pixels as fit; every backward pass is computed once whatever it is).
       The process's peak resident memory is recorded (`timings`).
