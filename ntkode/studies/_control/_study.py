@@ -326,7 +326,7 @@ def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
 
 
 def inverse_sharpness(plant: Plant, c: float) -> InverseSharpness:
-    """$c\,n/\lambda_{\max}$ read off the plant's grid, from its node spectra."""
+    r"""$c\,n/\lambda_{\max}$ read off the plant's grid, from its node spectra."""
     grid = plant.surrogate.grid
     return InverseSharpness(
         c, LossLevel(), grid.nodes, plant.spectra.lambda_max, grid.n_train, Linear()

@@ -86,6 +86,14 @@ def summarise(
             "prediction_error_above_target": max(
                 _number(r["prediction_error_above_target"]) for r in rows
             ),
+            # The surrogate scheduled on the effective time τ = Σ η (same reference kernels).
+            "steps_to_target_surrogate_time": _median(
+                [r["steps_to_target_surrogate_time"] for r in rows]
+            ),
+            "prediction_error_time": max(_number(r["prediction_error_time"]) for r in rows),
+            "prediction_error_time_above_target": max(
+                _number(r["prediction_error_time_above_target"]) for r in rows
+            ),
             "one_step_residual_ratio": [
                 statistics.median(v) for v in zip(*(r["one_step_residual_ratio"] for r in rows))
             ],
@@ -154,6 +162,24 @@ def summarise(
                 policies[n]["prediction_error_above_target"]
                 for n in (*certified_designed, "best_certified_constant")
             ),
+            # The same two on the effective-time surrogate, and per certified policy.
+            "prediction_error_certified_time": max(
+                policies[n]["prediction_error_time"]
+                for n in (*certified_designed, "best_certified_constant")
+            ),
+            "prediction_error_certified_time_above_target": max(
+                policies[n]["prediction_error_time_above_target"]
+                for n in (*certified_designed, "best_certified_constant")
+            ),
+            "prediction_error_by_certified_policy": {
+                n: {
+                    "loss_level": policies[n]["prediction_error"],
+                    "loss_level_above_target": policies[n]["prediction_error_above_target"],
+                    "time": policies[n]["prediction_error_time"],
+                    "time_above_target": policies[n]["prediction_error_time_above_target"],
+                }
+                for n in (*certified_designed, "best_certified_constant")
+            },
             # inverse_sharpness on grids identified on its own network run: worst seed.
             "prediction_error_identified": {
                 axis: {
