@@ -399,6 +399,11 @@ def test_control_study_records_replayable_policies(tmp_path):
     ident = summary["targets"]["prediction_error_identified"]
     assert set(ident) == {"loss_level", "time"}
     assert inv["prediction_error_above_target"] <= inv["prediction_error"]
+    # The same errors on the effective-time surrogate, for every certified policy.
+    assert inv["prediction_error_time_above_target"] <= inv["prediction_error_time"]
+    by_policy = summary["targets"]["prediction_error_by_certified_policy"]
+    assert set(by_policy) == {"inverse_sharpness", "designed", "best_certified_constant"}
+    assert by_policy["inverse_sharpness"]["time"] == inv["prediction_error_time"]
     assert summary["policies"]["designed"]["certified"] is True
     assert summary["policies"]["designed_uncertified"]["certified"] is False
     # Certified policies obey their certificate on every surrogate trajectory.
