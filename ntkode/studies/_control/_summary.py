@@ -138,6 +138,12 @@ def summarise(
         return steps(a) / steps(b) if np.isfinite(steps(a)) and np.isfinite(steps(b)) else None
 
     certified_designed = [n for n in DESIGNED if CERTIFIED[n]]
+    certified = (*certified_designed, "best_certified_constant")
+
+    def worst(key):
+        """The largest `key` over the certified policies."""
+        return max(policies[n][key] for n in certified)
+
     best_designed = min(certified_designed, key=steps)
     overall = min(DESIGNED, key=steps)
     bc = policies["best_constant"]
@@ -154,22 +160,12 @@ def summarise(
         "targets": {
             "certified_ratio": ratio(best_designed, "best_certified_constant"),
             "certified_policy": best_designed,
-            "prediction_error_certified": max(
-                policies[n]["prediction_error"]
-                for n in (*certified_designed, "best_certified_constant")
-            ),
-            "prediction_error_certified_above_target": max(
-                policies[n]["prediction_error_above_target"]
-                for n in (*certified_designed, "best_certified_constant")
-            ),
+            "prediction_error_certified": worst("prediction_error"),
+            "prediction_error_certified_above_target": worst("prediction_error_above_target"),
             # The same two on the effective-time surrogate, and per certified policy.
-            "prediction_error_certified_time": max(
-                policies[n]["prediction_error_time"]
-                for n in (*certified_designed, "best_certified_constant")
-            ),
-            "prediction_error_certified_time_above_target": max(
-                policies[n]["prediction_error_time_above_target"]
-                for n in (*certified_designed, "best_certified_constant")
+            "prediction_error_certified_time": worst("prediction_error_time"),
+            "prediction_error_certified_time_above_target": worst(
+                "prediction_error_time_above_target"
             ),
             "prediction_error_by_certified_policy": {
                 n: {
@@ -178,7 +174,7 @@ def summarise(
                     "time": policies[n]["prediction_error_time"],
                     "time_above_target": policies[n]["prediction_error_time_above_target"],
                 }
-                for n in (*certified_designed, "best_certified_constant")
+                for n in certified
             },
             # inverse_sharpness on grids identified on its own network run: worst seed.
             "prediction_error_identified": {
