@@ -399,6 +399,11 @@ def test_control_study_records_replayable_policies(tmp_path):
     ident = summary["targets"]["prediction_error_identified"]
     assert set(ident) == {"loss_level", "time"}
     assert inv["prediction_error_above_target"] <= inv["prediction_error"]
+    # The same errors on the effective-time surrogate, for every certified policy.
+    assert inv["prediction_error_time_above_target"] <= inv["prediction_error_time"]
+    by_policy = summary["targets"]["prediction_error_by_certified_policy"]
+    assert set(by_policy) == {"inverse_sharpness", "designed", "best_certified_constant"}
+    assert by_policy["inverse_sharpness"]["time"] == inv["prediction_error_time"]
     assert summary["policies"]["designed"]["certified"] is True
     assert summary["policies"]["designed_uncertified"]["certified"] is False
     # Certified policies obey their certificate on every surrogate trajectory.
@@ -487,4 +492,82 @@ def test_digits_plant_has_ten_outputs_and_its_certificate_holds():
     # Beyond the limit at step 0, the certificate must say so.
     beyond = P.Constant(2.5 * n / float(plant.spectra.lambda_max.max()))
     assert not nk.step_certificate(sur, nk.descend(sur, beyond, 40), plant.spectra).stable
+    ctx.__exit__(None, None, None)
+
+
+def _tiny_sine_plant():
+    from ntkode.studies._control._study import build_plant
+
+    settings = dict(
+        problem="sine",
+        sine_problem=dict(width=16, depth=2, n_train=10, n_test=6, dim=2, activation="relu"),
+        target_ratio=0.2,
+        segment=10,
+        max_segments=30,
+        floor_ratio=0.5,
+        c_ref=1.0,
+        c_max=1.9,
+    )
+    return build_plant(settings, 0, jnp.float64)
+
+
+def test_effective_time_grid_holds_the_reference_kernels_at_their_clock():
+    # The surrogate scheduled on the effective time τ_k = Σ_{j<k} η_j: the loss-level grid's
+    # kernels, each at the clock of the reference run where it was measured.
+    from ntkode.studies._control._study import lambda_max
+
+    plant = _tiny_sine_plant()
+    grid_l, grid_t = plant.surrogate.grid, plant.surrogate_time.grid
+    times = np.asarray(plant.info["reference_times"])
+    levels = np.asarray(plant.info["reference_loss_levels"])
+    assert times[0] == 0 and np.all(np.diff(times) > 0) and np.all(np.diff(levels) < 0)
+    np.testing.assert_array_equal(np.asarray(grid_t.nodes), times)
+    for j, level in enumerate(levels):
+        i = int(np.argmin(np.abs(np.asarray(grid_l.nodes) - np.log(level))))
+        np.testing.assert_array_equal(grid_t.kernel_train[j], grid_l.kernel_train[i])
+    # τ = 0 holds the initial network's NTK (measured here independently of the grid).
+    lam0 = lambda_max(plant.net.model, plant.net.data.x_train, 1)
+    assert rel_max(lam0, float(jnp.linalg.eigvalsh(grid_t.kernel_train[0])[-1])) < 1e-10
+    # It reads the train loss only, and its train outputs are those of the full surrogate on
+    # the same grid.
+    assert plant.surrogate_time.data.n_test == 0
+    full = nk.ScheduledDescentProblem.from_problem(grid_t, plant.net, schedule=S.Time())
+    ctx = _quiet()
+    pol = P.Constant(0.5 * plant.cap)
+    a, b = nk.descend(plant.surrogate_time, pol, 30), nk.descend(full, pol, 30)
+    np.testing.assert_allclose(a.train, b.train, rtol=0, atol=1e-13)
+    # On τ a smaller rate traces the same path (a reparameterised flow, to first order in η):
+    # at equal τ, halving η halves the gap.
+    eta = 0.5 * plant.cap
+
+    def gap(e, steps):  # both runs end at τ = steps·e
+        coarse = nk.descend(plant.surrogate_time, P.Constant(e), steps).train[-1]
+        fine = nk.descend(plant.surrogate_time, P.Constant(e / 2), 2 * steps).train[-1]
+        return float(jnp.linalg.norm(coarse - fine))
+
+    g1, g2 = gap(eta, 20), gap(eta / 2, 40)
+    assert 0 < g2 < 0.6 * g1
+    ctx.__exit__(None, None, None)
+
+
+def test_policy_bank_runs_each_policy_as_itself():
+    # The study runs every K-step policy of a seed as OneOf(bank, i), so that the runs compile
+    # once per plant: each must give the same rates and the same run as the policy itself.
+    from ntkode.studies._control._study import OneOf, policy_bank
+
+    plant = _tiny_sine_plant()
+    nodes = np.asarray(plant.surrogate.grid.nodes)
+    designs = {
+        name: {"nodes": nodes.tolist(), "node_values": (f * plant.cap + 0 * nodes).tolist()}
+        for name, f in (("designed", 0.8), ("designed_uncertified", 1.3))
+    }
+    settings = {"steps": 30, "c_max": 1.9, "warmup": 5}
+    bank = policy_bank(plant, settings, designs, 2.0 * plant.cap)
+    ctx = _quiet()
+    for i, (name, pol) in enumerate(bank.items()):
+        for problem in (plant.net, plant.surrogate):
+            a = nk.descend(problem, OneOf(tuple(bank.values()), i), 30)
+            b = nk.descend(problem, pol, 30)
+            np.testing.assert_array_equal(np.asarray(a.eta), np.asarray(b.eta), err_msg=name)
+            np.testing.assert_allclose(a.train, b.train, rtol=0, atol=1e-12, err_msg=name)
     ctx.__exit__(None, None, None)

@@ -38,7 +38,7 @@ import optax
 from jaxtyping import Array, Float
 
 from .._core._results import RESULTS, is_successful, message as result_message
-from .._scheduled._certify import certify
+from .._scheduled._certify import Certificate, certify
 from .._scheduled._interp import PiecewiseConstant
 from .._tuning._run import run_optax
 from ._descent import check_steps, check_target
@@ -123,10 +123,16 @@ class PolicyDesign(eqx.Module):
         return f"{result_message(self.result)} {self.detail}"
 
 
-def interval_cap(problem: ScheduledDescentProblem, c_max: float) -> Float[Array, " G"]:
+def interval_cap(
+    problem: ScheduledDescentProblem, c_max: float, spectra: Certificate | None = None
+) -> Float[Array, " G"]:
     r"""$c_{\max}\,n/\max(\lambda_{\max,g}, \lambda_{\max,g+1})$, the largest certified rate
-    held over each node interval ($c_{\max}\,n/\lambda_{\max,G}$ beyond the last node)."""
-    lam = certify(problem.grid, 1.0, problem.interpolation).lambda_max
+    held over each node interval ($c_{\max}\,n/\lambda_{\max,G}$ beyond the last node).
+
+    `spectra`: the grid's node spectra (`ntkode.certify(problem.grid)`), computed when `None`."""
+    if spectra is None:
+        spectra = certify(problem.grid, 1.0, problem.interpolation)
+    lam = spectra.lambda_max
     worst = jnp.maximum(lam, jnp.concatenate([lam[1:], lam[-1:]]))
     return c_max * problem.data.n_train / worst
 
@@ -142,6 +148,7 @@ def design_policy(
     optimiser: optax.GradientTransformation | None = None,
     iterations: int = 100,
     temperature: float = 0.1,
+    spectra: Certificate | None = None,
     log: Callable[[str], Any] = lambda s: None,
 ) -> PolicyDesign:
     r"""Design a gain-scheduled learning rate on the surrogate `problem` for `steps` steps.
@@ -159,6 +166,8 @@ def design_policy(
       of the certified cap on each interval).
     - `optimiser`: an optax transformation on the node logits (default `optax.adam(0.05)`).
     - `iterations`: optimiser steps; `temperature`: $\tau$ of the smooth step count.
+    - `spectra`: the grid's node spectra (`ntkode.certify(problem.grid)`), to reuse them;
+      computed when `None`.
     - `log`: called with one line per iterate.
 
     **Returns:** a [`ntkode.PolicyDesign`][]; the best iterate is returned, so its
@@ -189,9 +198,11 @@ def design_policy(
         target = check_target(target, loss0)
         if target == 0:
             raise ValueError("`target` = 0 has no logarithm: pass a positive target loss.")
-    cap = interval_cap(problem, c_max).astype(dtype)
+    cap = interval_cap(problem, c_max, spectra).astype(dtype)
     design = _Design(
-        problem=problem,
+        # The objective reads the train loss only: the test kernels would be carried through
+        # every step of the forward and reverse passes for nothing.
+        problem=problem.train_only(),
         cap=cap,
         log_target=None if target is None else jnp.log(jnp.asarray(target, dtype)),
         temperature=float(temperature),

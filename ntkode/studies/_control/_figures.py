@@ -83,6 +83,16 @@ def format_table(result: dict[str, Any]) -> str:
         f"prediction: max relative loss error of the surrogate, certified policies = "
         f"{t['prediction_error_certified']:.2f} (target ≤ 0.10)",
         f"  while above the target: {t['prediction_error_certified_above_target']:.2f}; "
+        "on the effective time τ = Σ η (same reference kernels): "
+        f"{_error(t['prediction_error_certified_time'])} (above the target "
+        f"{_error(t['prediction_error_certified_time_above_target'])})",
+        "  per certified policy, loss level / τ (above the target): "
+        + "; ".join(
+            f"{n} {_error(v['loss_level'])} / {_error(v['time'])} "
+            f"({_error(v['loss_level_above_target'])} / {_error(v['time_above_target'])})"
+            for n, v in t["prediction_error_by_certified_policy"].items()
+        ),
+        "  "
         "inverse_sharpness on a grid identified on its own run: "
         + "; ".join(
             f"{axis} {v['prediction_error']:.2f} "

@@ -56,17 +56,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..._control._certificate import step_certificate
-from ..._control._descent import Descent, descend
-from ..._control._design import design_policy
+from ..._control._descent import Descent, descend, scheduled_values, warn_outside
+from ..._control._design import HOLD, design_policy
 from ..._control._network import GradientDescentProblem
 from ..._control._policy import (
     AbstractLearningRatePolicy,
     Constant,
     Cosine,
+    GainScheduled,
     InverseSharpness,
     Switched,
+    scheduled_parts,
 )
-from ..._control._surrogate import ScheduledDescentProblem
+from ..._control._surrogate import ScheduledDescentProblem, without_test
 from ..._core._kernel_flow import flatten_kernel
 from ..._core._losses import mse
 from ..._core._model import apply, partition
@@ -74,6 +76,7 @@ from ..._ntk._api import ntk
 from ..._scheduled._certify import Certificate, certify
 from ..._scheduled._dense import KernelGrid
 from ..._scheduled._grid import AbstractKernelGrid
+from ..._scheduled._interp import Linear
 from ..._scheduled._problem import ScheduleRangeWarning
 from ..._scheduled._schedule import LossLevel, Time
 from .._problems import digits_problem, sine_problem
@@ -146,7 +149,8 @@ def identified_error(
     over the run; with `schedules.Time()` on the same kernels it would also not be the
     scheduling variable.
     """
-    net = plant.net
+    # Only train losses are compared: the network and its kernels without the test split.
+    net = GradientDescentProblem(plant.net.model, without_test(plant.net.data), plant.net.loss)
     static = partition(net.model)[1]
     keep = list(range(0, steps + 1, every))
     with warnings.catch_warnings():
@@ -203,6 +207,7 @@ def reference_grid(
     static = partition(net.model)[1]
     model = net.model
     models, levels, lams, steps = [model], [], [lambda_max(model, data.x_train, data.n_outputs)], 0
+    times, clock = [0.0], 0.0  # the effective time τ = Σ η_j at each node
     loss = float(net.loss(apply(model, data.x_train), data.y_train))
     levels.append(loss)
     for _ in range(max_segments):
@@ -213,6 +218,7 @@ def reference_grid(
             save_params=(segment,),
         )
         steps += segment
+        clock += segment * c_ref * n / lams[-1]
         model = _model_at(run, 0, static)
         loss = float(run.train_loss[-1])
         if run.diverged or not np.isfinite(loss):
@@ -222,6 +228,7 @@ def reference_grid(
             models.append(model)
             levels.append(loss)
             lams.append(lam)
+            times.append(clock)
         if loss < floor:
             break
     grid = loss_level_grid(net, models, levels)
@@ -230,8 +237,33 @@ def reference_grid(
         "nodes": len(levels),
         "reference_final_loss": levels[-1],
         "reference_lambda_max_over_n": [lam / n for lam in lams],
+        "reference_times": times,
+        "reference_loss_levels": levels,
     }
     return grid, info
+
+
+def effective_time_grid(grid: AbstractKernelGrid, info: dict[str, Any]) -> AbstractKernelGrid:
+    r"""The reference grid's kernels placed at the reference run's effective time
+    $\tau_k = \sum_{j<k}\eta_j$ (`schedules.Time()`, the clock of [`ntkode.descend`][])
+    instead of its loss levels.
+
+    For gradient flow a time-varying $\eta$ only reparameterises time, so kernels at the
+    same $\tau$ may transfer between policies; and unlike the loss level, $\tau$ does not
+    feed the surrogate's own loss error back into the kernels it reads."""
+    # loss_level_grid orders the nodes by log L, falling along the reference run.
+    order = np.argsort(np.log(np.asarray(info["reference_loss_levels"])))
+    times = np.asarray(info["reference_times"])[order]
+    by_time = np.argsort(times)
+    return eqx.tree_at(
+        lambda g: (g.nodes, g.kernel_train, g.kernel_test),
+        grid,
+        (
+            jnp.asarray(times[by_time], grid.nodes.dtype),
+            grid.kernel_train[by_time],
+            grid.kernel_test[by_time],
+        ),
+    )
 
 
 def _relative_curve_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -246,6 +278,7 @@ class Plant(eqx.Module):
 
     net: GradientDescentProblem
     surrogate: ScheduledDescentProblem
+    surrogate_time: ScheduledDescentProblem  # train only, on the effective time τ
     target: float
     cap: float  # the largest constant rate certified until the target (see `build_plant`)
     spectra: Certificate  # the grid's node spectra, computed once for every certificate
@@ -277,6 +310,9 @@ def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
         c_ref=settings["c_ref"],
     )
     sur = ScheduledDescentProblem.from_problem(grid, net, schedule=LossLevel())
+    sur_time = ScheduledDescentProblem.from_problem(
+        effective_time_grid(grid, info), net, schedule=Time()
+    ).train_only()
     # A constant rate is certified until the target when η λ_max,g / n <= c_max at every node
     # a run from L0 to the target can activate: those at loss levels above the target's,
     # and the first one below it.
@@ -286,7 +322,15 @@ def build_plant(settings: dict[str, Any], seed: int, dtype) -> Plant:
     first = max(int(np.searchsorted(nodes, np.log(target))) - 1, 0)
     cap = settings["c_max"] * net.data.n_train / float(lam[first:].max())
     info = {**info, "loss0": loss0, "target": target, "certified_cap": cap}
-    return Plant(net, sur, target, cap, spectra, info)
+    return Plant(net, sur, sur_time, target, cap, spectra, info)
+
+
+def inverse_sharpness(plant: Plant, c: float) -> InverseSharpness:
+    r"""$c\,n/\lambda_{\max}$ read off the plant's grid, from its node spectra."""
+    grid = plant.surrogate.grid
+    return InverseSharpness(
+        c, LossLevel(), grid.nodes, plant.spectra.lambda_max, grid.n_train, Linear()
+    )
 
 
 def evaluate(
@@ -295,11 +339,13 @@ def evaluate(
     steps: int,
     save: Sequence[int],
     window: int | None = None,
+    part: AbstractLearningRatePolicy | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """`policy` on the network and on the surrogate: the row of numbers and the curves.
 
     The prediction error is measured over the first `window` steps (default: all), so that
-    runs of different lengths are compared over the same horizon."""
+    runs of different lengths are compared over the same horizon. `part`: the policy that
+    `policy` runs, where it is a `OneOf` (its gain-scheduled parts' ranges are checked)."""
     data = plant.net.data
     n = data.n_train
     static = partition(plant.net.model)[1]
@@ -307,10 +353,16 @@ def evaluate(
         warnings.simplefilter("always", ScheduleRangeWarning)
         run_n = descend(plant.net, policy, steps, save_params=tuple(save))
         run_s = descend(plant.surrogate, policy, steps)
+        run_t = descend(plant.surrogate_time, policy, steps)
         cert_s = step_certificate(plant.surrogate, run_s, plant.spectra)
         cert_n = step_certificate(plant.surrogate, run_n, plant.spectra)
+        if part is not None and part is not policy:
+            for run in (run_n, run_s, run_t):
+                for sched in scheduled_parts(part):
+                    warn_outside(scheduled_values(sched.schedule, run), sched.nodes)
     left = sorted({str(w.message).split(";")[0] for w in caught})
     loss_n, loss_s = np.asarray(run_n.train_loss), np.asarray(run_s.train_loss)
+    loss_t = np.asarray(run_t.train_loss)
     w = steps if window is None else window
     eta = np.asarray(run_n.eta)
     sharp, ratios, errors = [], [], []
@@ -342,6 +394,13 @@ def evaluate(
         "prediction_error_above_target": _relative_curve_error(
             loss_s[: w + 1][above], loss_n[: w + 1][above]
         ),
+        # The same two errors and the steps to target of the surrogate scheduled on the
+        # effective time τ_k (the same reference kernels; see `effective_time_grid`).
+        "steps_to_target_surrogate_time": run_t.steps_to(plant.target),
+        "prediction_error_time": _relative_curve_error(loss_t[: w + 1], loss_n[: w + 1]),
+        "prediction_error_time_above_target": _relative_curve_error(
+            loss_t[: w + 1][above], loss_n[: w + 1][above]
+        ),
         # At the saved steps k < K: the LPV step with the network's true NTK at step k,
         # ‖r_lin,k+1‖ / ‖r_net,k+1‖ (< 1: the linear step is optimistic) and its error
         # relative to the network's step.
@@ -360,12 +419,77 @@ def evaluate(
     curves = {
         "loss_network": loss_n,
         "loss_surrogate": loss_s,
+        "loss_surrogate_time": loss_t,
         "eta": eta,
         "eta_surrogate": np.asarray(run_s.eta),
         "stability_network": np.asarray(cert_n.stability),
         "stability_surrogate": np.asarray(cert_s.stability),
     }
     return row, curves
+
+
+class OneOf(AbstractLearningRatePolicy):
+    """The policy `policies[index]`, chosen at run time (`jax.lax.switch`).
+
+    The study evaluates every $K$-step policy of a plant as one of the same bank, so the
+    network's and the surrogates' runs are compiled once per plant instead of once per
+    policy type."""
+
+    policies: tuple[AbstractLearningRatePolicy, ...]
+    index: Any = eqx.field(converter=jnp.asarray)
+
+    def __call__(self, k, t, u, y, loss):
+        branches = [lambda p=p: p(k, t, u, y, loss) for p in self.policies]
+        return jax.lax.switch(self.index, branches)
+
+
+def policy_bank(
+    plant: Plant, settings: dict[str, Any], designs: dict[str, Any], best: float
+) -> dict[str, AbstractLearningRatePolicy]:
+    """The $K$-step policies of a seed in a fixed order and structure: the designed ones
+    (rebuilt from their recorded node values) and those built on the best constant rate
+    `best` (any positive value while the grid search is not finished)."""
+    steps, sharp = settings["steps"], inverse_sharpness(plant, settings["c_max"])
+    dtype = plant.net.data.y_train.dtype
+
+    def gain(name):
+        d = designs[name]
+        nodes, values = jnp.asarray(d["nodes"]), jnp.asarray(d["node_values"])
+        return GainScheduled(LossLevel(), nodes, values, HOLD)
+
+    bank = {
+        "inverse_sharpness": sharp,
+        "designed": gain("designed"),
+        "designed_uncertified": gain("designed_uncertified"),
+        "best_constant": Constant(best),
+        "cosine": Cosine(best, steps, warmup=steps // 10),
+        "warmup_inverse_sharpness": Switched(Constant(best), sharp, at=settings["warmup"]),
+    }
+    # One dtype (and no weak types) for every leaf, so that every bank shares one compile.
+    return jax.tree.map(lambda a: jnp.array(a, dtype) if eqx.is_inexact_array(a) else a, bank)
+
+
+def evaluate_bank(
+    rows: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    plant: Plant,
+    bank: dict[str, AbstractLearningRatePolicy],
+    names: Sequence[str],
+    steps: int,
+    save: Sequence[int],
+) -> None:
+    """`evaluate` the policies `names` of `bank`, each run as `OneOf` the whole bank."""
+    policies = tuple(bank.values())
+    order = list(bank)
+    evaluate_into(
+        rows,
+        arrays,
+        plant,
+        {name: OneOf(policies, order.index(name)) for name in names},
+        steps,
+        save,
+        parts={name: bank[name] for name in names},
+    )
 
 
 def evaluate_into(
@@ -376,39 +500,82 @@ def evaluate_into(
     steps: int,
     save: Sequence[int],
     window: int | None = None,
+    parts: dict[str, AbstractLearningRatePolicy] | None = None,
 ) -> None:
-    """`evaluate` each of `policies`, adding its row and its curves (`"name.curve"`)."""
+    """`evaluate` each of `policies`, adding its row and its curves (`"name.curve"`).
+
+    `parts`: the policy each of `policies` runs, where it is a `OneOf` (for the
+    range warnings of its gain-scheduled parts)."""
     for name, policy in policies.items():
-        rows[name], curves = evaluate(plant, policy, steps, save, window)
+        part = policy if parts is None else parts[name]
+        rows[name], curves = evaluate(plant, policy, steps, save, window, part)
         arrays.update({f"{name}.{k}": v for k, v in curves.items()})
 
 
+@eqx.filter_jit
+def _constant_runs(problem, rates, steps: int):
+    """The train losses `(R, K+1)` of `steps` steps at each of the constant `rates`, and
+    whether each run's outputs stayed finite: one compiled run, vmapped over the rates (for
+    the surrogate: the network's runs beyond the stability limit are chaotic, and a batched
+    run rounds differently from the one that verifies the best rate; see `constant_map`)."""
+
+    def one(eta):
+        run = problem._descend(Constant(eta), steps, ())
+        return run.train_loss, jnp.all(jnp.isfinite(run.train))
+
+    return jax.vmap(one)(rates)
+
+
+def _first_below(losses: np.ndarray, target: float) -> int | None:
+    hit = np.flatnonzero(losses <= target)
+    return int(hit[0]) if hit.size else None
+
+
 def constant_map(
-    plant: Plant, rates: Sequence[float], steps: int, save: Sequence[int]
+    plant: Plant,
+    rates: Sequence[float],
+    steps: int,
+    bank: Callable[[float], dict[str, AbstractLearningRatePolicy]],
+    save: Sequence[int],
 ) -> list[dict[str, Any]]:
     """Steps to target on the network and on the surrogate for each constant rate.
 
-    (`save` as in `evaluate`: the same saved steps share one compiled network run.)"""
-    out = []
-    for eta in rates:
-        policy = Constant(eta)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ScheduleRangeWarning)
-            run_n = descend(plant.net, policy, steps, save_params=tuple(save))
-            run_s = descend(plant.surrogate, policy, steps)
-        out.append(
-            {
-                "eta": float(eta),
-                "certified": bool(eta <= plant.cap),
-                "steps_to_target_network": run_n.steps_to(plant.target),
-                "steps_to_target_surrogate": run_s.steps_to(plant.target),
-                "final_train_loss_network": float(run_n.train_loss[-1]),
-                "final_train_loss_surrogate": float(run_s.train_loss[-1]),
-                "diverged": run_n.diverged,
-                "diverged_surrogate": run_s.diverged,
-            }
-        )
-    return out
+    On the network each rate runs as the `best_constant` of `bank(rate)`, with the saved
+    steps `save` of `evaluate`: the very program that later verifies the best rate. Beyond
+    the stability limit (the catapult) the network's run is chaotic: in float32 another
+    compiled program of the same run rounds differently, and on sine at η = 0.312 a run
+    batched over the rates without the test split reached the target in 134 steps (median
+    of 3 seeds) where this program took 185. The surrogate's runs, train split only, are
+    batched over the rates."""
+    dtype = plant.net.data.y_train.dtype
+    etas = jnp.asarray(rates, dtype)
+    loss_n, ok_n = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleRangeWarning)
+        for eta in rates:
+            policies = bank(eta)
+            index = list(policies).index("best_constant")
+            run = descend(
+                plant.net, OneOf(tuple(policies.values()), index), steps, save_params=tuple(save)
+            )
+            loss_n.append(np.asarray(run.train_loss))
+            ok_n.append(not run.diverged)
+    loss_n = np.stack(loss_n)
+    sur = plant.surrogate.train_only()
+    loss_s, ok_s = (np.asarray(a) for a in _constant_runs(sur, etas, steps))
+    return [
+        {
+            "eta": float(eta),
+            "certified": bool(eta <= plant.cap),
+            "steps_to_target_network": _first_below(loss_n[i], plant.target),
+            "steps_to_target_surrogate": _first_below(loss_s[i], plant.target),
+            "final_train_loss_network": float(loss_n[i, -1]),
+            "final_train_loss_surrogate": float(loss_s[i, -1]),
+            "diverged": not bool(ok_n[i]),
+            "diverged_surrogate": not bool(ok_s[i]),
+        }
+        for i, eta in enumerate(rates)
+    ]
 
 
 def designed_policies(
@@ -416,8 +583,10 @@ def designed_policies(
 ) -> dict[str, tuple[AbstractLearningRatePolicy, dict[str, Any]]]:
     """The policies designed on the surrogate alone (the warm-up needs the grid search)."""
     sur, steps, c_max = plant.surrogate, settings["steps"], settings["c_max"]
-    sharp = InverseSharpness.from_grid(sur.grid, c_max, LossLevel())
-    common = dict(target=plant.target, iterations=settings["design_iterations"])
+    sharp = inverse_sharpness(plant, c_max)
+    common = dict(
+        target=plant.target, iterations=settings["design_iterations"], spectra=plant.spectra
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScheduleRangeWarning)
         cert = design_policy(sur, steps, certified=True, c_max=c_max, **common)
@@ -561,12 +730,15 @@ def control_study(
             f"λ_max/n {p.info['reference_lambda_max_over_n'][0]:.1f} → "
             f"{p.info['reference_lambda_max_over_n'][-1]:.1f}; certified cap η ≤ {p.cap:.3g}"
         )
-        log(f"  constant-rate map: {len(rates)} rates on the network and the surrogate")
-        cmap = constant_map(p, rates, steps, save)
         rows, arrays = {}, {}
         made = designed_policies(p, settings, log)
-        evaluate_into(rows, arrays, p, {k: v[0] for k, v in made.items()}, steps, save)
         designs = {k: v[1] for k, v in made.items()}
+        log(f"  constant-rate map: {len(rates)} rates on the network and the surrogate")
+        cmap = constant_map(
+            p, rates, steps, lambda eta: policy_bank(p, settings, designs, eta), save
+        )
+        bank = policy_bank(p, settings, designs, p.cap)  # the best constant is not known yet
+        evaluate_bank(rows, arrays, p, bank, list(made), steps, save)
         every = max(steps // 20, 1)
         log(f"  diagnosis: inverse_sharpness on a grid identified on its own run (every {every})")
         diagnosis = identified_error(p, made["inverse_sharpness"][0], steps, every)
@@ -604,14 +776,10 @@ def control_study(
         # certified rate contracts the slow modes faster (the constant-rate map shows
         # whether the network agrees).
         cap_rate = p.cap
-        sharp = InverseSharpness.from_grid(p.surrogate.grid, c_max, LossLevel())
-        policies = {
-            "best_constant": Constant(best),
-            "cosine": Cosine(best, steps, warmup=steps // 10),
-            "warmup_inverse_sharpness": Switched(Constant(best), sharp, at=warmup),
-        }
+        bank = policy_bank(p, settings, record.get(f"seed{seed}")["designs"], best)
         rows, arrays = {}, {}
-        evaluate_into(rows, arrays, p, policies, steps, save)
+        names = ["best_constant", "cosine", "warmup_inverse_sharpness"]
+        evaluate_bank(rows, arrays, p, bank, names, steps, save)
         # The certified constant is slow: it gets a longer horizon, so that its steps to
         # the target are measured rather than censored at K.
         long = int(settings["baseline_horizon"]) * steps
