@@ -307,13 +307,14 @@ def tune_grid(
     run = run_optax if isinstance(optimiser, optax.GradientTransformation) else run_optimistix
     out = run(obj, z0, optimiser, obj.options.adjoint, int(steps), log or (lambda s: None))
     tuned = obj.problem_at(out.best_z)
+    log_scales = obj.log_scales(out.best_z)
     res = TuneResult(
         problem=tuned,
         nodes=tuned.grid.nodes,
         initial_nodes=obj.initial_problem().grid.nodes,
         times=nodes.node_times(obj.positions(out.best_z)),
         initial_times=nodes.node_times(obj.x0),
-        spectrum_scales=None if spectrum == 0 else jnp.exp(2 * obj.log_scales(out.best_z)),
+        spectrum_scales=None if log_scales is None else jnp.exp(2 * log_scales),
         objective=float(out.history[out.best_step]),
         initial_objective=float(out.history[0]),
         history=np.asarray(out.history),
