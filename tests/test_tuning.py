@@ -64,6 +64,18 @@ def _central_differences(obj, z, h=1e-5):
     return central_differences(lambda zz: _value(obj, zz), z, h)
 
 
+def _off_lattice(nodes):
+    """Problem, reference and node kind with nodes off the solver's step lattice and off the
+    saved times (where the weights have kinks)."""
+    times = (0.0, 0.637, 1.291, 2.0)
+    p = _problem()
+    _, model, ref = _setup()
+    if nodes == "schedule":
+        p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
+        return p, ref, ScheduleNodes()
+    return p, ref, TimeNodes(model, times=times)
+
+
 def test_parameterisation_keeps_order_and_inverts():
     nodes = jnp.array([0.0, 0.3, 1.7, 1.8, 5.0])
     z = nodes_to_logits(nodes)
@@ -77,15 +89,7 @@ def test_parameterisation_keeps_order_and_inverts():
 
 @pytest.mark.parametrize("nodes", ["schedule", pytest.param("time", marks=pytest.mark.slow)])
 def test_gradient_equals_central_differences(nodes):
-    # Nodes off the solver's step lattice and off the saved times (where weights have kinks).
-    times = (0.0, 0.637, 1.291, 2.0)
-    p = _problem()
-    _, model, ref = _setup()
-    if nodes == "schedule":
-        p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
-        kind = ScheduleNodes()
-    else:
-        kind = TimeNodes(model, times=times)
+    p, ref, kind = _off_lattice(nodes)
     obj, z0 = build_objective(p, ref, nodes=kind, **CONSTANT)
     value, grad = objective_and_gradient(obj, z0, obj.options.adjoint)
     fd = _central_differences(obj, z0)
@@ -153,14 +157,7 @@ def test_spectrum_rescale_is_the_kernel_of_rescaled_train_jacobians():
 
 @pytest.mark.parametrize("nodes", ["schedule", pytest.param("time", marks=pytest.mark.slow)])
 def test_spectrum_tuning_gradient_and_result(nodes):
-    times = (0.0, 0.637, 1.291, 2.0)
-    p = _problem()
-    _, model, ref = _setup()
-    if nodes == "schedule":
-        p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
-        kind = ScheduleNodes()
-    else:
-        kind = TimeNodes(model, times=times)
+    p, ref, kind = _off_lattice(nodes)
     obj, z0 = build_objective(p, ref, nodes=kind, spectrum=2, **CONSTANT)
     assert z0.shape == (2 + 4 * 2,) and not np.any(np.asarray(z0[2:]))
     # Zero log-scales are the untuned surrogate.
