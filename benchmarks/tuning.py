@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/tuning.py [--quick] [--out results.json]
         [--width 64 --n-train 64 --dim 4 --t-end 10] [--optimiser adam|lm|bfgs]
-        [--nodes time|schedule] [--grids 4,8] [--steps 25] [--power 2]
+        [--nodes time|schedule] [--grids 4,8] [--steps 25] [--power 2] [--spectrum 0]
         [--activations relu softplus] [--schedules time loss] [--skip cost pays]
 
 **Gradient cost** (**sine**, ReLU, a uniform time grid of `--G` kernels, linear
@@ -17,7 +17,9 @@ tuned one against the reference truth (rtol 1e-5), beside the truth's own uncert
 (rtol 1e-4 against 1e-5, the same measure `ntkode.studies.floor` reports), with the tuning
 wall time (compilation included). `--power p` tunes on `c Σ_t (e_t / c)^{p/2}` instead of
 least squares (`e_t` the squared discrepancy at saved time `t`; larger `p` is closer to the
-max error over time that is reported).
+max error over time that is reported). `--spectrum k` tunes the kernels too: per node, the
+scales of its `k` leading eigen-directions, jointly with the node times (`nk.tune_grid(...,
+spectrum=k)`).
 
 The defaults are the comparison study's `--quick` problem; the study's default problem is
 `--width 512 --n-train 256 --dim 8 --t-end 50`. Load averages are printed beside the
@@ -136,7 +138,8 @@ def pays(args, activation, optimiser, kind):
     print(
         f"\nsine ({activation}): MLP {args.dim}->{args.width}x2->1, n_train {args.n_train}, "
         f"t_end {t_end}; truth's uncertainty (rtol 1e-4 vs 1e-5) {truth:.2%}; tuning: "
-        f"{kind} nodes, {optimiser}, {args.steps} steps, power {args.power:g}",
+        f"{kind} nodes, {optimiser}, {args.steps} steps, power {args.power:g}, "
+        f"spectrum {args.spectrum}",
         flush=True,
     )
     rows = []
@@ -159,6 +162,7 @@ def pays(args, activation, optimiser, kind):
                 steps=args.steps,
                 test=args.test,
                 power=args.power,
+                spectrum=args.spectrum,
             )
             seconds = time.perf_counter() - start
             tuned = trajectory_errors(nk.solve(res.problem, saveat=ref.t), ref)
@@ -169,6 +173,7 @@ def pays(args, activation, optimiser, kind):
                 nodes=kind,
                 optimiser=optimiser,
                 power=args.power,
+                spectrum=args.spectrum,
                 truth_uncertainty=truth,
                 uniform=uniform,
                 tuned=tuned,
@@ -214,6 +219,9 @@ def main(argv=None):
     ap.add_argument("--nodes", choices=("time", "schedule"), default="time")
     ap.add_argument("--test", action="store_true", help="fit test outputs too")
     ap.add_argument("--power", type=float, default=2.0, help="aggregation exponent over times")
+    ap.add_argument(
+        "--spectrum", type=int, default=0, help="also rescale k leading kernel directions"
+    )
     ap.add_argument("--activations", nargs="+", default=("relu", "softplus"))
     ap.add_argument("--schedules", nargs="+", default=("time", "loss"), choices=("time", "loss"))
     ap.add_argument("--repeats", type=int, default=5)

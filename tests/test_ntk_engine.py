@@ -354,6 +354,35 @@ def test_four_simulated_devices_equal_one_device():
     assert "ok 4" in out.stdout
 
 
+def test_eager_calls_reuse_compiled_kernels_and_see_new_weights():
+    # Repeated eager calls with the same model object take the identity fast path; a model of
+    # the same structure with other weights, or one under jit, must still get its own kernel.
+    import gc
+
+    from ntkode._ntk import _dispatch
+
+    x = jax.random.normal(_key(0), (5, 3))
+    a = eqx.nn.MLP(3, 2, 6, 1, activation=jnp.tanh, key=_key(1))
+    want_a = ntk_reference(a, x)
+    for _ in range(3):
+        np.testing.assert_allclose(nk.ntk(a, x), want_a, rtol=RTOL64, atol=RTOL64)
+    hits = [k for k, v in _dispatch._BY_ID.items() if v[0]() is a]
+    assert hits, "a repeated eager call should remember the model by identity"
+    b = eqx.tree_at(lambda m: m.layers[0].weight, a, 2.0 * a.layers[0].weight)
+    for _ in range(3):
+        np.testing.assert_allclose(nk.ntk(b, x), ntk_reference(b, x), rtol=RTOL64, atol=RTOL64)
+    assert not np.allclose(nk.ntk(b, x), want_a)
+    jitted = eqx.filter_jit(lambda m, x: nk.ntk(m, x))
+    np.testing.assert_allclose(jitted(a, x), want_a, rtol=RTOL64, atol=RTOL64)
+    assert not any(
+        isinstance(leaf, jax.core.Tracer) for v in _dispatch._BY_ID.values() for leaf in v[1]
+    )
+    del a, jitted
+    gc.collect()
+    # A collected model's entry goes with it (its weights are not kept alive).
+    assert not any(k in _dispatch._BY_ID for k in hits)
+
+
 def test_bad_inputs_are_clear_errors():
     model = eqx.nn.MLP(4, 1, 8, 1, key=_key(22))
     x = jnp.ones((3, 4))

@@ -21,6 +21,7 @@ from ntkode._tuning._objective import (
     nodes_to_logits,
     objective_and_gradient,
 )
+from ntkode._tuning._spectrum import leading_directions, rescale
 from ntkode._tuning._tune import build_objective
 from ntkode.tuning import ScheduleNodes, TimeNodes
 
@@ -63,6 +64,18 @@ def _central_differences(obj, z, h=1e-5):
     return central_differences(lambda zz: _value(obj, zz), z, h)
 
 
+def _off_lattice(nodes):
+    """Problem, reference and node kind with nodes off the solver's step lattice and off the
+    saved times (where the weights have kinks)."""
+    times = (0.0, 0.637, 1.291, 2.0)
+    p = _problem()
+    _, model, ref = _setup()
+    if nodes == "schedule":
+        p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
+        return p, ref, ScheduleNodes()
+    return p, ref, TimeNodes(model, times=times)
+
+
 def test_parameterisation_keeps_order_and_inverts():
     nodes = jnp.array([0.0, 0.3, 1.7, 1.8, 5.0])
     z = nodes_to_logits(nodes)
@@ -76,15 +89,7 @@ def test_parameterisation_keeps_order_and_inverts():
 
 @pytest.mark.parametrize("nodes", ["schedule", pytest.param("time", marks=pytest.mark.slow)])
 def test_gradient_equals_central_differences(nodes):
-    # Nodes off the solver's step lattice and off the saved times (where weights have kinks).
-    times = (0.0, 0.637, 1.291, 2.0)
-    p = _problem()
-    _, model, ref = _setup()
-    if nodes == "schedule":
-        p = eqx.tree_at(lambda q: q.grid.nodes, p, jnp.asarray(times))
-        kind = ScheduleNodes()
-    else:
-        kind = TimeNodes(model, times=times)
+    p, ref, kind = _off_lattice(nodes)
     obj, z0 = build_objective(p, ref, nodes=kind, **CONSTANT)
     value, grad = objective_and_gradient(obj, z0, obj.options.adjoint)
     fd = _central_differences(obj, z0)
@@ -115,6 +120,82 @@ def test_power_objective_is_the_aggregate_over_times_and_differentiates():
     for bad in (3, 1.0, float("inf"), True, "max"):
         with pytest.raises(ValueError, match="`power` must be 2"):
             build_objective(p, ref, power=bad)
+
+
+def test_spectrum_rescale_is_the_kernel_of_rescaled_train_jacobians():
+    # Θ = J Jᵀ, Θ_* = J_* Jᵀ; with S = I + U (diag(e^b) − 1) Uᵀ the tuned kernels must be
+    # those of the train Jacobian S J: (S J)(S J)ᵀ and J_* (S J)ᵀ, built here densely.
+    keys = jax.random.split(jax.random.key(5), 4)
+    G, n, m, p, k = 3, 6, 4, 9, 2
+    jt = jax.random.normal(keys[0], (G, n, p))
+    js = jax.random.normal(keys[1], (G, m, p))
+    kt = jt @ jnp.swapaxes(jt, 1, 2)
+    ks = js @ jnp.swapaxes(jt, 1, 2)
+    grid = nk.KernelGrid(jnp.arange(G, dtype=float), kt, ks)
+    u = leading_directions(grid, k)
+    b = jax.random.normal(keys[2], (G, k))
+    problem = _problem()
+    problem = eqx.tree_at(lambda q: q.grid, problem, grid)
+    out = rescale(problem, u, b).grid
+    for g in range(G):
+        lam, vec = np.linalg.eigh(np.asarray(kt[g]))
+        np.testing.assert_allclose(
+            np.abs(np.asarray(u[g]).T @ vec[:, -k:][:, ::-1]), np.eye(k), atol=1e-10
+        )
+        s = np.eye(n) + np.asarray(u[g]) @ np.diag(np.expm1(np.asarray(b[g]))) @ np.asarray(u[g]).T
+        sj = s @ np.asarray(jt[g])
+        np.testing.assert_allclose(out.kernel_train[g], sj @ sj.T, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            out.kernel_test[g], np.asarray(js[g]) @ sj.T, rtol=1e-10, atol=1e-10
+        )
+        # Along its leading eigenvectors the kernel's eigenvalues scale by e^{2b}; the rest stay.
+        want = np.concatenate([lam[:-k], (lam[-k:][::-1] * np.exp(2 * np.asarray(b[g])))])
+        np.testing.assert_allclose(
+            np.sort(np.linalg.eigvalsh(out.kernel_train[g])), np.sort(want), rtol=1e-9, atol=1e-9
+        )
+
+
+@pytest.mark.parametrize("nodes", ["schedule", pytest.param("time", marks=pytest.mark.slow)])
+def test_spectrum_tuning_gradient_and_result(nodes):
+    p, ref, kind = _off_lattice(nodes)
+    obj, z0 = build_objective(p, ref, nodes=kind, spectrum=2, **CONSTANT)
+    assert z0.shape == (2 + 4 * 2,) and not np.any(np.asarray(z0[2:]))
+    # Zero log-scales are the untuned surrogate.
+    plain, zp = build_objective(p, ref, nodes=kind, **CONSTANT)
+    np.testing.assert_allclose(float(_value(obj, z0)), float(_value(plain, zp)), rtol=1e-12)
+    value, grad = objective_and_gradient(obj, z0, obj.options.adjoint)
+    fd = _central_differences(obj, z0)
+    assert float(value) > 0 and np.all(np.abs(fd[2:]) > 1e-10)
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-4)
+    res = nk.tune_grid(
+        p,
+        ref,
+        nodes=kind,
+        spectrum=2,
+        steps=3,
+        optimiser=optx.LevenbergMarquardt(1e-8, 1e-10),
+        **CONSTANT,
+    )
+    assert res.spectrum_scales is not None and res.spectrum_scales.shape == (4, 2)
+    assert res.objective < res.initial_objective
+    # The returned problem is the one whose objective is reported.
+    sol = nk.solve(res.problem, saveat=ref.t, **CONSTANT)
+    np.testing.assert_allclose(
+        float(np.sum(np.asarray(sol.train - ref.train) ** 2)), res.objective, rtol=1e-6
+    )
+
+
+def test_spectrum_bad_values_are_refused():
+    p = _problem()
+    _, model, ref = _setup()
+    for bad in (-1, 1.5, True, "top"):
+        with pytest.raises(ValueError, match="`spectrum` must be a non-negative integer"):
+            nk.tune_grid(p, ref, spectrum=bad, steps=1)
+    with pytest.raises(ValueError, match="smaller than the kernel size n·k = 8"):
+        nk.tune_grid(p, ref, spectrum=8, steps=1)
+    with pytest.raises(ValueError, match="`spectrum` rescales dense node kernels"):
+        low = eqx.tree_at(lambda q: q.grid, p, p.grid.compress(4))
+        nk.tune_grid(low, ref, spectrum=2, steps=1)
 
 
 @pytest.mark.slow

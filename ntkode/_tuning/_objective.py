@@ -22,6 +22,7 @@ from jaxtyping import Array, Float, PyTree
 from .._core._options import ResolvedOptions
 from .._scheduled._problem import ScheduledKernelProblem
 from ._nodes import AbstractNodes
+from ._spectrum import rescale
 
 # ---------------------------------------------------------------- parameterisation
 
@@ -61,20 +62,45 @@ class _Objective(eqx.Module):
     # For power != 2: the largest squared discrepancy over saved times at the initial nodes,
     # the unit that keeps J on the least-squares scale (`c Σ_t (e_t / c)^{p/2}`, `e_t = ‖r_t‖²`).
     unit: Any = 1.0
+    # With `spectrum = k > 0`: the node kernels' leading eigen-directions `(G, nk, k)`, whose
+    # log-scales follow the G - 2 node logits in `z` (`ntkode/_tuning/_spectrum.py`).
+    directions: Float[Array, "G nk k"] | None = None
+
+    @property
+    def n_logits(self) -> int:
+        return self.x0.shape[0] - 2
+
+    def z0(self) -> Float[Array, " P"]:
+        """The parameters of the initial grid: node logits, then zero log-scales."""
+        z = nodes_to_logits(self.x0)
+        if self.directions is None:
+            return z
+        g, _, k = self.directions.shape
+        return jnp.concatenate([z, jnp.zeros((g * k,), z.dtype)])
+
+    def log_scales(self, z) -> Float[Array, "G k"] | None:
+        """The per-node log-scales of the leading eigen-directions (`None`: nodes only)."""
+        if self.directions is None:
+            return None
+        g, _, k = self.directions.shape
+        return z[self.n_logits :].reshape(g, k)
 
     def with_unit(self) -> "_Objective":
         """This objective with `unit` measured at the initial nodes (`power != 2` only)."""
         if self.power == 2:
             return self
-        e = _per_time(self, nodes_to_logits(self.x0))
+        e = _per_time(self, self.z0())
         return eqx.tree_at(lambda o: o.unit, self, jnp.max(jnp.concatenate(e)))
 
-    def positions(self, z: Float[Array, " G-2"]) -> Float[Array, " G"]:
+    def positions(self, z: Float[Array, " P"]) -> Float[Array, " G"]:
         """Node positions in the optimised coordinate (scheduling values or times)."""
-        return logits_to_nodes(z, self.x0[0], self.x0[-1])
+        return logits_to_nodes(z[: self.n_logits], self.x0[0], self.x0[-1])
 
-    def problem_at(self, z: Float[Array, " G-2"]) -> ScheduledKernelProblem:
-        return self.nodes.problem_at(self.problem, self.positions(z), self.state)
+    def problem_at(self, z: Float[Array, " P"]) -> ScheduledKernelProblem:
+        problem = self.nodes.problem_at(self.problem, self.positions(z), self.state)
+        if self.directions is None:
+            return problem
+        return rescale(problem, self.directions, self.log_scales(z))
 
     def initial_problem(self) -> ScheduledKernelProblem:
         """The surrogate at the initial positions exactly (not round-tripped through `z`)."""

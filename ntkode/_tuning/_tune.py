@@ -30,8 +30,9 @@ from .._core._results import RESULTS, is_successful, message as result_message
 from .._core._solution import Solution
 from .._scheduled._problem import ScheduledKernelProblem
 from ._nodes import AbstractNodes, ScheduleNodes
-from ._objective import _Objective, nodes_to_logits
+from ._objective import _Objective
 from ._run import run_optax, run_optimistix
+from ._spectrum import check_spectrum, leading_directions
 
 
 class TuneResult(eqx.Module):
@@ -43,6 +44,8 @@ class TuneResult(eqx.Module):
       [`ntkode.ScheduledKernelProblem`][]).
     - `nodes`, `initial_nodes`: scheduling values of the grid nodes, tuned and initial.
     - `times`, `initial_times`: node times on the reference run (time nodes; else `None`).
+    - `spectrum_scales`: with `spectrum=k > 0`, the `(G, k)` factors each node kernel's `k`
+      leading eigenvalues were scaled by ($e^{2b}$; 1 = unchanged); else `None`.
     - `objective`, `initial_objective`: $J$ at the best and at the initial nodes. The best
       iterate is returned, so `objective <= initial_objective` always.
     - `history`: $J$ at each iterate evaluated (index 0: the initial nodes).
@@ -61,6 +64,7 @@ class TuneResult(eqx.Module):
     initial_nodes: Float[Array, " G"]
     times: Float[Array, " G"] | None
     initial_times: Float[Array, " G"] | None
+    spectrum_scales: Float[Array, "G k"] | None
     objective: float
     initial_objective: float
     history: np.ndarray
@@ -142,14 +146,16 @@ def build_objective(
     nodes: AbstractNodes = ScheduleNodes(),
     test: bool = False,
     power: float = 2.0,
+    spectrum: int = 0,
     solver: diffrax.AbstractSolver | None = None,
     options: SolveOptions | None = None,
     **solve_kwargs: Any,
-) -> tuple[_Objective, Float[Array, " G-2"]]:
+) -> tuple[_Objective, Float[Array, " P"]]:
     """Validate the inputs of [`tune_grid`][] and build `(objective, z0)`.
 
-    `objective.value(z)` is $J$ at logits `z` (`z0`: the grid as given), `objective.residuals`
-    the residual vector; [`objective_and_gradient`][] differentiates it with the adjoint.
+    `objective.value(z)` is $J$ at parameters `z` (`G - 2` node logits, then `G·spectrum`
+    log-scales; `z0`: the grid as given), `objective.residuals` the residual vector;
+    [`objective_and_gradient`][] differentiates it with the adjoint.
     """
     if not isinstance(problem, ScheduledKernelProblem):
         raise TypeError(
@@ -172,6 +178,7 @@ def build_objective(
             "node kind now: pass nodes=ntkode.tuning.TimeNodes(model, times=..., "
             "implementation=...)."
         )
+    spectrum = check_spectrum(spectrum, problem)
     grid = problem.grid
     if grid.size < 3:
         raise ValueError(
@@ -197,7 +204,11 @@ def build_objective(
         us_ref=reference.test.astype(dtype) if test else None,
         power=float(power),
     )
-    return obj.with_unit(), nodes_to_logits(x0)
+    if spectrum:
+        u = leading_directions(obj.initial_problem().grid, spectrum)
+        obj = eqx.tree_at(lambda o: o.directions, obj, u, is_leaf=lambda a: a is None)
+    obj = obj.with_unit()
+    return obj, obj.z0()
 
 
 def tune_grid(
@@ -212,6 +223,7 @@ def tune_grid(
     steps: int = 50,
     test: bool = False,
     power: float = 2.0,
+    spectrum: int = 0,
     solver: diffrax.AbstractSolver | None = None,
     options: SolveOptions | None = None,
     throw: bool = False,
@@ -243,6 +255,13 @@ def tune_grid(
       (`>= 4`; e.g. `8`) weight the worst times more, towards the max error over time that
       [`ntkode.trajectory_errors`][] reports. Least-squares solvers get one residual per
       saved time (and output set) then.
+    - `spectrum`: also tune the kernels: `k > 0` rescales each node kernel along its `k`
+      leading eigenvectors (taken at the initial nodes), `G·k` log-scales moved jointly with
+      the node positions ($\Theta_g \to S_g\Theta_g S_g$, test kernels $\Theta_{*,g} S_g$,
+      $S_g = I + U_g(\mathrm{diag}(e^{b_g}) - I)U_g^\top$; see `ntkode/_tuning/_spectrum.py`).
+      `0` (default) moves the nodes only. Needs a dense [`ntkode.KernelGrid`][]. A surrogate
+      tuned on train outputs alone may fit them better without predicting test outputs better:
+      compare its test error (or tune with `test=True`).
     - `solver`, `options`, `**solve_kwargs`: the surrogate solve, as in [`ntkode.solve`][]
       (an [`ntkode.SolveOptions`][] and/or its fields as keywords: `rtol`, `atol`, `dt0`,
       `max_steps`, `stepsize_controller`, and `adjoint`: a diffrax adjoint,
@@ -280,6 +299,7 @@ def tune_grid(
         nodes=nodes,
         test=test,
         power=power,
+        spectrum=spectrum,
         solver=solver,
         options=options,
         **solve_kwargs,
@@ -287,12 +307,14 @@ def tune_grid(
     run = run_optax if isinstance(optimiser, optax.GradientTransformation) else run_optimistix
     out = run(obj, z0, optimiser, obj.options.adjoint, int(steps), log or (lambda s: None))
     tuned = obj.problem_at(out.best_z)
+    log_scales = obj.log_scales(out.best_z)
     res = TuneResult(
         problem=tuned,
         nodes=tuned.grid.nodes,
         initial_nodes=obj.initial_problem().grid.nodes,
         times=nodes.node_times(obj.positions(out.best_z)),
         initial_times=nodes.node_times(obj.x0),
+        spectrum_scales=None if log_scales is None else jnp.exp(2 * log_scales),
         objective=float(out.history[out.best_step]),
         initial_objective=float(out.history[0]),
         history=np.asarray(out.history),
