@@ -123,6 +123,26 @@ def test_low_rank_average_pieces_equal_dense_pieces_of_the_same_kernels(schedule
         assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
 
 
+def test_low_rank_pieces_of_nodes_sharing_eigenvectors_equal_dense_pieces():
+    # Nodes whose bases span the same space (here: one kernel, rescaled) make the stacked
+    # basis rank-deficient: the dependent directions must drop out, not blow up.
+    data = small_data(n=14, m=6)
+    low = _random_grid(data).compress(5)
+    vec = jnp.broadcast_to(low.eigvecs[:1], low.eigvecs.shape)
+    lam = low.eigvals[:1] * jnp.linspace(1.0, 2.0, low.size)[:, None]
+    basis = jnp.broadcast_to(low.test_basis[:1], low.test_basis.shape)
+    low = nk.LowRankKernelGrid(low.nodes, lam, vec, basis)
+    dense = nk.KernelGrid(low.nodes, low.dense_train(), low.dense_test(), psd_tol=None)
+    ts = jnp.linspace(0.0, 3.0, 13)
+    for schedule in (S.Time(), S.LossLevel()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+            a = nk.solve(_problem(dense, data, schedule), saveat=ts)
+            b = nk.solve(_problem(low, data, schedule), saveat=ts)
+        for f in ("train", "test", "train_dot", "test_dot"):
+            assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
+
+
 # ---------------------------------------------------------------- shared (traced) kernels
 
 

@@ -178,6 +178,18 @@ class AbstractKernelGrid(eqx.Module):
         (`ntkode/_scheduled/_exact.py`).
         """
 
+    def piece_frame(
+        self, idx: Int[Array, " a"], w: Float[Array, " a"]
+    ) -> tuple[Float[Array, " r"], Float[Array, "q r"], Float[Array, "mk r"], Array | None]:
+        r"""`piece_spectral` with eigenvectors `frame @ mix`: `(eigvals, mix, test_basis, frame)`.
+
+        By default the frame is `None` and `mix` the eigenvectors themselves; a
+        [`ntkode.LowRankKernelGrid`][] returns the stacked bases of the piece's nodes as the
+        frame, so the exact solver never forms the `(n·k, a·r)` eigenvectors.
+        """
+        lam, vec, test = self.piece_spectral(idx, w)
+        return lam, vec, test, None
+
     @abc.abstractmethod
     def eigenvalues(self) -> Float[Array, "G nk"]:
         """All `n·k` train-kernel eigenvalues per node, ascending (unstored ones are 0)."""

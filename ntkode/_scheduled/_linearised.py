@@ -49,11 +49,11 @@ def _step(params, static, grid, piece_basis, x, y, learning_rate, h):
     # The grid holds this state's kernel alone: one piece, node 0 with weight 1.
     one = piece_basis.prepare(grid, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), r.dtype))
     b = piece_basis.basis(grid, jax.tree.map(lambda a: a[0], one), r)
-    R = r.reshape(b.eigvecs.shape[0], -1)
-    coef = b.eigvecs.T @ R
+    R = r.reshape(b.rows, -1)
+    coef = b.project(R)
     # Φ_h r: the decay integral on the basis, and h·r on what the basis leaves out (λ = 0).
-    phi_r = b.eigvecs @ (decay_integral(c * b.eigvals, h)[:, None] * coef)
-    phi_r = phi_r + h * (R - b.eigvecs @ coef)
+    phi_r = b.expand(decay_integral(c * b.eigvals, h)[:, None] * coef)
+    phi_r = phi_r + h * (R - b.expand(coef))
     (g,) = vjp(phi_r.reshape(u.shape))
     return jax.tree.map(lambda p, d: p - c * d, params, g)
 
