@@ -240,6 +240,33 @@ def test_lanczos_compression_agrees_with_eigh_and_reports_its_error():
         grid.compress(6, krylov_dim=3)
 
 
+def test_randomized_compression_agrees_with_eigh_and_reports_its_error():
+    data = small_data(n=40, m=6)
+    grid = _random_grid(data, G=2, key=7, top=3.0)
+    exact = grid.compress(6)
+    # A sketch of the whole space: the range is exact, so are the Rayleigh–Ritz pairs.
+    full = grid.compress(6, sketch=40, power_iterations=0)
+    np.testing.assert_allclose(full.eigvals, exact.eigvals, rtol=1e-9)
+    np.testing.assert_allclose(full.dense_train(), exact.dense_train(), atol=1e-8)
+    np.testing.assert_allclose(full.compression_error, exact.compression_error, atol=1e-9)
+    errors = []
+    for power in (0, 2):
+        short = grid.compress(6, sketch=10, power_iterations=power)
+        direct = jnp.linalg.norm(grid.kernel_train - short.dense_train(), axis=(1, 2))
+        direct = direct / jnp.linalg.norm(grid.kernel_train, axis=(1, 2))
+        # The reported error is the true one, never below the optimum.
+        np.testing.assert_allclose(short.compression_error[:, 0], direct, rtol=1e-8)
+        assert bool(jnp.all(direct >= exact.compression_error[:, 0] - 1e-12))
+        errors.append(direct)
+    # Power iterations sharpen the range towards the top eigenvectors.
+    assert bool(jnp.all(errors[1] < errors[0]))
+    assert bool(jnp.all(errors[1] <= 1.05 * exact.compression_error[:, 0]))
+    with pytest.raises(ValueError, match="sketch"):
+        grid.compress(6, sketch=3)
+    with pytest.raises(ValueError, match="not both"):
+        grid.compress(6, sketch=10, krylov_dim=10)
+
+
 # ---------------------------------------------------------------- grids from linearised steps
 
 
