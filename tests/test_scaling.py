@@ -16,6 +16,7 @@ from helpers import psd_kernels, rel_max, small_data, small_sine
 
 import ntkode as nk
 from ntkode import schedules as S
+from ntkode._core._model import partition
 
 
 def _random_grid(data, G=4, key=3, k=1, top=1.5):
@@ -265,6 +266,46 @@ def test_randomized_compression_agrees_with_eigh_and_reports_its_error():
         grid.compress(6, sketch=3)
     with pytest.raises(ValueError, match="not both"):
         grid.compress(6, sketch=10, krylov_dim=10)
+
+
+# ---------------------------------------------------------------- Nyström grids
+
+
+def test_nystrom_grid_is_exact_with_every_landmark_and_estimates_its_error():
+    model, data = small_sine(n_train=12, n_test=6, width=24)
+    params = partition(model)[0]
+    nodes = jnp.zeros(1)
+    dense = nk.KernelGrid.from_params([params], model, data, nodes)
+    full = nk.KernelGrid.from_params([params], model, data, nodes, landmarks=12)
+    assert isinstance(full, nk.LowRankKernelGrid) and full.rank == 12
+    # All landmarks: C W⁺ Cᵀ = Θ for a full-rank kernel (P ≫ n), and so for the test kernel.
+    assert rel_max(full.dense_train(), dense.kernel_train) < 1e-8
+    assert rel_max(full.dense_test(), dense.kernel_test) < 1e-8
+    half = nk.KernelGrid.from_params([params], model, data, nodes, landmarks=5)
+    # Fewer rows than the 64 sampled: the estimate is over every row, i.e. exact.
+    direct = jnp.linalg.norm(half.dense_train()[0] - dense.kernel_train[0])
+    direct = direct / jnp.linalg.norm(dense.kernel_train[0])
+    direct_test = jnp.linalg.norm(half.dense_test()[0] - dense.kernel_test[0])
+    direct_test = direct_test / jnp.linalg.norm(dense.kernel_test[0])
+    np.testing.assert_allclose(half.compression_error[0], [direct, direct_test], rtol=1e-8)
+    assert 1e-6 < float(direct) < 1.0
+    with pytest.raises(ValueError, match="landmarks"):
+        nk.KernelGrid.from_params([params], model, data, nodes, landmarks=13)
+    with pytest.raises(ValueError, match="does not combine"):
+        nk.KernelGrid.from_params([params], model, data, nodes, landmarks=5, rank=3)
+
+
+def test_linearised_steps_with_every_landmark_equal_dense_steps():
+    model, data = small_sine(n_train=10, n_test=4, width=24)
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))
+    ts = jnp.linspace(0.0, 2.0, 3)
+    dense = nk.KernelGrid.from_linearised_steps(problem, ts)
+    low = nk.KernelGrid.from_linearised_steps(problem, ts, landmarks=10)
+    assert isinstance(low, nk.LowRankKernelGrid)
+    assert rel_max(low.dense_train(), dense.kernel_train) < 1e-7
+    assert rel_max(low.dense_test(), dense.kernel_test) < 1e-7
+    with pytest.raises(ValueError, match="does not combine"):
+        nk.KernelGrid.from_linearised_steps(problem, ts, landmarks=5, rank=3)
 
 
 # ---------------------------------------------------------------- grids from linearised steps

@@ -118,8 +118,7 @@ class EigenBasis(AbstractPieceBasis):
         if idx is None:
             return _exact(*grid.spectral())
         assert w is not None
-        # One piece at a time: a dense piece kernel is (n·k)² numbers.
-        return jax.lax.map(lambda iw: _exact(*grid.piece_frame(*iw)), (idx, w))
+        return _exact(*grid.piece_frames(idx, w))
 
     def basis(self, grid, piece, r):
         return piece

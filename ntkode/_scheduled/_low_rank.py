@@ -115,7 +115,27 @@ class LowRankKernelGrid(AbstractKernelGrid):
         lam, mix, test, frame = self.piece_frame(idx, w)
         return lam, frame @ mix, test
 
-    def piece_frame(self, idx, w):
+    def piece_frames(self, idx, w):
+        # Pieces of a piecewise-constant schedule combine neighbouring nodes (g, g + 1): their
+        # cross-Grams V_gᵀV_{g+1} are computed once per pair, G - 1 GEMMs, and looked up.
+        if idx.shape[1] != 2 or self.size < 2:
+            return super().piece_frames(idx, w)
+        V = self.eigvecs
+        adjacent = jnp.einsum("gir,gis->grs", V[:-1], V[1:])
+
+        def one(iw):
+            i, wi = iw
+            lo = jnp.clip(jnp.minimum(i[0], i[1]), 0, self.size - 2)
+            table = jnp.where(i[0] < i[1], adjacent[lo], adjacent[lo].T)
+            # Not a neighbouring pair and both weights used: compute it (never, for the
+            # built-in interpolations; a zero weight makes the cross-Gram irrelevant).
+            direct = (jnp.abs(i[0] - i[1]) != 1) & jnp.all(wi != 0)
+            cross = jax.lax.cond(direct, lambda: V[i[0]].T @ V[i[1]], lambda: table)
+            return self.piece_frame(i, wi, cross=cross)
+
+        return jax.lax.map(one, (idx, w))
+
+    def piece_frame(self, idx, w, cross=None):
         # Σ_j w_j V_j Λ_j V_jᵀ = A Aᵀ with A = F D^{1/2}, F = [V_1 … V_a] `(n·k, a·r)` and
         # D = diag(w_j Λ_j) ≥ 0. Its nonzero eigenpairs are those of the small
         # `(a·r)²` matrix AᵀA = D^{1/2} (FᵀF) D^{1/2} = U θ Uᵀ, with eigenvectors
@@ -136,8 +156,8 @@ class LowRankKernelGrid(AbstractKernelGrid):
         blocks = [[eye] * a for _ in range(a)]
         for i in range(a):
             for j in range(i + 1, a):
-                cross = vec[i].T @ vec[j]
-                blocks[i][j], blocks[j][i] = cross, cross.T
+                c = vec[i].T @ vec[j] if cross is None or a != 2 else cross
+                blocks[i][j], blocks[j][i] = c, c.T
         gram = jnp.block(blocks)
         # Σ_j w_j B_j (V_jᵀ V) from the projections `(a·r, a·r)` stacked by node.
         proj_basis = lambda proj: jnp.einsum("a,amr,arq->mq", w, basis, proj.reshape(a, r, -1))
