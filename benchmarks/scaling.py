@@ -17,16 +17,28 @@ memory, `ru_maxrss`, is its own) measures wall seconds, solver steps and peak me
   exact solve with `PiecewiseConstant("average", 2)` pieces and Lanczos bases);
 - `scheduled_ode`: the same grid with linear interpolation, solved by Tsit5 (the route every
   non-MSE loss takes: its steps inherit the training flow's stiffness);
-- `scheduled_lowrank`: the same kernels compressed to rank `r` by Lanczos (build + compress +
-  exact solve);
+- `scheduled_lowrank`: the same kernels compressed to rank `r` (build + compress + exact
+  solve in the span of each piece's node bases, `EigenBasis`: no Krylov error);
+  compression by a randomized eigendecomposition (`--compress randomized`, the default:
+  sketch `r + --oversample` columns, one power iteration) or by Lanczos (`--compress
+  lanczos`, `2r` steps);
+- `scheduled_nystrom`: Nyström kernels at the same states (`landmarks=`, `--landmarks`
+  columns each, `O(n·m)` kernel entries instead of `O(n²)`; error estimated from 64
+  sampled kernel rows), exact solve as `scheduled_lowrank`;
 - `cheap`: a grid from exponential steps of the linearised network
-  (`KernelGrid.from_linearised_steps`, no true flow at all): run + kernels + exact solve.
+  (`KernelGrid.from_linearised_steps`, no true flow at all): run + kernels + exact solve;
+- `cheap_nystrom`: the same steps with Nyström kernels (`landmarks=`) for the steps and the
+  grid, exact solve in the low-rank spans.
 
 Surrogate errors are `max_t ‖u(t) − u_true(t)‖ / ‖u_true(0) − Y‖` on the train outputs
 against the `true` run of the same `n`. Solves are compiled first and timed as the median of
 `--repeats` calls; kernel builds are timed after one warm-up build of the same shape. Every
 record carries `os.getloadavg()` at its start: the machine is shared and its timings noisy,
-so ratios measured within one `(problem, n)` case are the figures to trust. A case whose
+so ratios measured within one `(problem, n)` case are the figures to trust. Workers run
+with `OPENBLAS_NUM_THREADS=1` unless it is set: LAPACK's small eigendecompositions (the
+exact solver's `(2r)²` ones) are 20× slower with two threads fighting for two busy cores
+(measured: 0.77 s against 0.038 s for a 512² `eigh` at load 8); XLA's own GEMMs and the
+true flow do not use OpenBLAS. A case whose
 true flow is predicted (from the per-step cost at the largest smaller n) to exceed
 `--limit-minutes` is not run and is recorded as such; a subprocess still running at the
 limit is stopped and recorded likewise.
@@ -59,7 +71,9 @@ METHODS = (
     "scheduled_dense",
     "scheduled_ode",
     "scheduled_lowrank",
+    "scheduled_nystrom",
     "cheap",
+    "cheap_nystrom",
 )
 DEFAULT_N = {"sine": (256, 1024, 4096, 8192, 16384), "digits": (256, 1024, 1437)}
 
@@ -152,7 +166,7 @@ def worker(a) -> dict:
     average = S.PiecewiseConstant("average", 2)
     kw = dict(block_size=a.block_size, trace=a.trace)
 
-    def sched(grid, interp=average):
+    def sched(grid, interp=average, basis=krylov):
         return nk.ScheduledKernelProblem(
             grid,
             problem.data,
@@ -161,7 +175,7 @@ def worker(a) -> dict:
             problem.loss,
             problem.tspan,
             problem.learning_rate,
-            piece_basis=krylov,
+            piece_basis=basis,
         )
 
     if a.method in ("true", "true_loose"):
@@ -204,8 +218,14 @@ def worker(a) -> dict:
             grid = eqx_tree_at(grid, ref)
             if a.method == "scheduled_lowrank":
                 start = time.perf_counter()
-                grid = grid.compress(a.rank, krylov_dim=min(2 * a.rank, grid.dim))
+                if a.compress == "lanczos":
+                    grid = grid.compress(a.rank, krylov_dim=min(2 * a.rank, grid.dim))
+                else:
+                    sketch = min(a.rank + a.oversample, grid.dim)
+                    grid = grid.compress(a.rank, sketch=sketch, power_iterations=1)
+                    rec["sketch"] = sketch
                 jax.block_until_ready(grid.eigvecs)
+                rec["compress"] = a.compress
                 rec["compress_seconds"] = time.perf_counter() - start
                 build += rec["compress_seconds"]
                 err = np.asarray(grid.compression_error)
@@ -224,8 +244,57 @@ def worker(a) -> dict:
                     problem.learning_rate,
                 )
                 sol, sec, csec = _median_solve(p, 1, saveat=ts, rtol=a.rtol, atol=1e-2 * a.rtol)
+            elif a.method == "scheduled_lowrank":
+                p = sched(grid, interp, nk.EigenBasis())
+                sol, sec, csec = _median_solve(p, a.repeats, saveat=ts)
             else:
                 sol, sec, csec = _median_solve(sched(grid, interp), a.repeats, saveat=ts)
+        elif a.method == "scheduled_nystrom":
+            # Warm-up build of one node (compilation), then the timed build.
+            one = nk.KernelGrid.from_params(
+                states[:1], problem.model, problem.data, jnp.zeros(1), landmarks=a.landmarks, **kw
+            )
+            jax.block_until_ready(jax.tree.leaves(one))
+            start = time.perf_counter()
+            grid = nk.KernelGrid.from_params(
+                states,
+                problem.model,
+                problem.data,
+                jnp.asarray(node_times),
+                landmarks=a.landmarks,
+                **kw,
+            )
+            jax.block_until_ready(jax.tree.leaves(grid))
+            build = time.perf_counter() - start
+            grid = eqx_tree_at(grid, ref)
+            err = np.asarray(grid.compression_error)
+            rec["compression_error_train_estimate"] = float(err[:, 0].max())
+            rec["compression_error_test_estimate"] = float(err[:, 1].max())
+            rec["landmarks"] = a.landmarks
+            sol, sec, csec = _median_solve(
+                sched(grid, average, nk.EigenBasis()), a.repeats, saveat=ts
+            )
+        elif a.method == "cheap_nystrom":
+            start = time.perf_counter()
+            grid = nk.KernelGrid.from_linearised_steps(
+                problem,
+                node_times,
+                substeps=a.substeps,
+                piece_basis=nk.EigenBasis(),
+                landmarks=a.landmarks,
+                **kw,
+            )
+            jax.block_until_ready(jax.tree.leaves(grid))
+            build = time.perf_counter() - start
+            err = np.asarray(grid.compression_error)
+            rec["compression_error_train_estimate"] = float(err[:, 0].max())
+            rec["compression_error_test_estimate"] = float(err[:, 1].max())
+            rec["landmarks"] = a.landmarks
+            rec["substeps"] = a.substeps
+            rec["linearised_steps"] = (len(node_times) - 1) * a.substeps
+            sol, sec, csec = _median_solve(
+                sched(grid, average, nk.EigenBasis()), a.repeats, saveat=ts
+            )
         elif a.method == "cheap":
             start = time.perf_counter()
             grid = nk.KernelGrid.from_linearised_steps(
@@ -283,6 +352,9 @@ def _run(a, method: str, n: int, workdir: str, limit: float) -> dict:
         "rtol",
         "substeps",
         "block_size",
+        "compress",
+        "oversample",
+        "landmarks",
     ):
         value = getattr(a, flag)
         if value is not None:
@@ -291,6 +363,7 @@ def _run(a, method: str, n: int, workdir: str, limit: float) -> dict:
         cmd.append("--trace")
     cmd += ["--workdir", workdir]
     env = dict(os.environ, PYTHONPATH=ROOT)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     start = time.perf_counter()
     try:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
@@ -377,6 +450,9 @@ def main() -> None:
     p.add_argument("--grid-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=256, help="rank of scheduled_lowrank")
     p.add_argument("--krylov-dim", type=int, default=64, help="Lanczos steps per piece")
+    p.add_argument("--compress", default="randomized", choices=["randomized", "lanczos"])
+    p.add_argument("--oversample", type=int, default=32, help="randomized sketch: rank + this")
+    p.add_argument("--landmarks", type=int, default=512, help="Nyström landmark columns")
     p.add_argument("--substeps", type=int, default=1, help="linearised steps per interval")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--repeats", type=int, default=3, help="timed surrogate solves (median)")

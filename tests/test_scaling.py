@@ -16,6 +16,7 @@ from helpers import psd_kernels, rel_max, small_data, small_sine
 
 import ntkode as nk
 from ntkode import schedules as S
+from ntkode._core._model import partition
 
 
 def _random_grid(data, G=4, key=3, k=1, top=1.5):
@@ -123,6 +124,26 @@ def test_low_rank_average_pieces_equal_dense_pieces_of_the_same_kernels(schedule
         assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
 
 
+def test_low_rank_pieces_of_nodes_sharing_eigenvectors_equal_dense_pieces():
+    # Nodes whose bases span the same space (here: one kernel, rescaled) make the stacked
+    # basis rank-deficient: the dependent directions must drop out, not blow up.
+    data = small_data(n=14, m=6)
+    low = _random_grid(data).compress(5)
+    vec = jnp.broadcast_to(low.eigvecs[:1], low.eigvecs.shape)
+    lam = low.eigvals[:1] * jnp.linspace(1.0, 2.0, low.size)[:, None]
+    basis = jnp.broadcast_to(low.test_basis[:1], low.test_basis.shape)
+    low = nk.LowRankKernelGrid(low.nodes, lam, vec, basis)
+    dense = nk.KernelGrid(low.nodes, low.dense_train(), low.dense_test(), psd_tol=None)
+    ts = jnp.linspace(0.0, 3.0, 13)
+    for schedule in (S.Time(), S.LossLevel()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", S.ScheduleRangeWarning)
+            a = nk.solve(_problem(dense, data, schedule), saveat=ts)
+            b = nk.solve(_problem(low, data, schedule), saveat=ts)
+        for f in ("train", "test", "train_dot", "test_dot"):
+            assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
+
+
 # ---------------------------------------------------------------- shared (traced) kernels
 
 
@@ -218,6 +239,73 @@ def test_lanczos_compression_agrees_with_eigh_and_reports_its_error():
     assert bool(jnp.all(short.compression_error[:, 0] <= 1.05 * exact.compression_error[:, 0]))
     with pytest.raises(ValueError, match="krylov_dim"):
         grid.compress(6, krylov_dim=3)
+
+
+def test_randomized_compression_agrees_with_eigh_and_reports_its_error():
+    data = small_data(n=40, m=6)
+    grid = _random_grid(data, G=2, key=7, top=3.0)
+    exact = grid.compress(6)
+    # A sketch of the whole space: the range is exact, so are the Rayleigh–Ritz pairs.
+    full = grid.compress(6, sketch=40, power_iterations=0)
+    np.testing.assert_allclose(full.eigvals, exact.eigvals, rtol=1e-9)
+    np.testing.assert_allclose(full.dense_train(), exact.dense_train(), atol=1e-8)
+    np.testing.assert_allclose(full.compression_error, exact.compression_error, atol=1e-9)
+    errors = []
+    for power in (0, 2):
+        short = grid.compress(6, sketch=10, power_iterations=power)
+        direct = jnp.linalg.norm(grid.kernel_train - short.dense_train(), axis=(1, 2))
+        direct = direct / jnp.linalg.norm(grid.kernel_train, axis=(1, 2))
+        # The reported error is the true one, never below the optimum.
+        np.testing.assert_allclose(short.compression_error[:, 0], direct, rtol=1e-8)
+        assert bool(jnp.all(direct >= exact.compression_error[:, 0] - 1e-12))
+        errors.append(direct)
+    # Power iterations sharpen the range towards the top eigenvectors.
+    assert bool(jnp.all(errors[1] < errors[0]))
+    assert bool(jnp.all(errors[1] <= 1.05 * exact.compression_error[:, 0]))
+    with pytest.raises(ValueError, match="sketch"):
+        grid.compress(6, sketch=3)
+    with pytest.raises(ValueError, match="not both"):
+        grid.compress(6, sketch=10, krylov_dim=10)
+
+
+# ---------------------------------------------------------------- Nyström grids
+
+
+def test_nystrom_grid_is_exact_with_every_landmark_and_estimates_its_error():
+    model, data = small_sine(n_train=12, n_test=6, width=24)
+    params = partition(model)[0]
+    nodes = jnp.zeros(1)
+    dense = nk.KernelGrid.from_params([params], model, data, nodes)
+    full = nk.KernelGrid.from_params([params], model, data, nodes, landmarks=12)
+    assert isinstance(full, nk.LowRankKernelGrid) and full.rank == 12
+    # All landmarks: C W⁺ Cᵀ = Θ for a full-rank kernel (P ≫ n), and so for the test kernel.
+    assert rel_max(full.dense_train(), dense.kernel_train) < 1e-8
+    assert rel_max(full.dense_test(), dense.kernel_test) < 1e-8
+    half = nk.KernelGrid.from_params([params], model, data, nodes, landmarks=5)
+    # Fewer rows than the 64 sampled: the estimate is over every row, i.e. exact.
+    direct = jnp.linalg.norm(half.dense_train()[0] - dense.kernel_train[0])
+    direct = direct / jnp.linalg.norm(dense.kernel_train[0])
+    direct_test = jnp.linalg.norm(half.dense_test()[0] - dense.kernel_test[0])
+    direct_test = direct_test / jnp.linalg.norm(dense.kernel_test[0])
+    np.testing.assert_allclose(half.compression_error[0], [direct, direct_test], rtol=1e-8)
+    assert 1e-6 < float(direct) < 1.0
+    with pytest.raises(ValueError, match="landmarks"):
+        nk.KernelGrid.from_params([params], model, data, nodes, landmarks=13)
+    with pytest.raises(ValueError, match="does not combine"):
+        nk.KernelGrid.from_params([params], model, data, nodes, landmarks=5, rank=3)
+
+
+def test_linearised_steps_with_every_landmark_equal_dense_steps():
+    model, data = small_sine(n_train=10, n_test=4, width=24)
+    problem = nk.GradientFlowProblem(model, data, tspan=(0.0, 2.0))
+    ts = jnp.linspace(0.0, 2.0, 3)
+    dense = nk.KernelGrid.from_linearised_steps(problem, ts)
+    low = nk.KernelGrid.from_linearised_steps(problem, ts, landmarks=10)
+    assert isinstance(low, nk.LowRankKernelGrid)
+    assert rel_max(low.dense_train(), dense.kernel_train) < 1e-7
+    assert rel_max(low.dense_test(), dense.kernel_test) < 1e-7
+    with pytest.raises(ValueError, match="does not combine"):
+        nk.KernelGrid.from_linearised_steps(problem, ts, landmarks=5, rank=3)
 
 
 # ---------------------------------------------------------------- grids from linearised steps

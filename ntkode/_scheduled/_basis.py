@@ -40,18 +40,36 @@ from ._lanczos import lanczos, ritz
 class PieceBasis(NamedTuple):
     """An (approximate) eigenbasis of one piece's train kernel, and what its error needs.
 
-    The train residual is read as a `(rows, columns)` matrix with `rows = eigvecs.shape[0]`
-    (`n·k`, or `n` for kernels shared by the outputs), the test outputs likewise with
-    `test_basis.shape[0]` rows.
+    The train residual is read as a `(rows, columns)` matrix (`rows = n·k`, or `n` for
+    kernels shared by the outputs), the test outputs likewise with `test_basis.shape[0]`
+    rows. The eigenvectors are `eigvecs` itself, or `frame @ eigvecs` when a `frame` is
+    given (a low-rank piece keeps the stacked bases of its nodes as the frame and a small
+    `(q, r)` mixing matrix, so that applying its eigenvectors costs `O(rows·q)` per vector
+    instead of forming them).
     """
 
     eigvals: Float[Array, " r"]
-    eigvecs: Float[Array, "rows r"]
+    eigvecs: Float[Array, "rows_or_q r"]
     test_basis: Float[Array, "test_rows r"]
     # Krylov error estimate $\beta_{m+1}\,|\sum_i S_{mi} S_{1i}\,\varphi_i|$: the
     # coupling $\beta_{m+1}$ and the products $S_{mi} S_{1i}$ (zero for exact bases).
     coupling: Float[Array, ""]
     tail: Float[Array, " r"]
+    frame: Float[Array, "rows q"] | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows of the train residual matrix."""
+        return (self.eigvecs if self.frame is None else self.frame).shape[0]
+
+    def project(self, R: Float[Array, "rows c"]) -> Float[Array, "r c"]:
+        """Coordinates $V^\top R$ of `R` on the eigenvectors."""
+        return self.eigvecs.T @ (R if self.frame is None else self.frame.T @ R)
+
+    def expand(self, X: Float[Array, "r ..."]) -> Float[Array, "rows ..."]:
+        """$V X$, contracting the leading axis of `X`."""
+        X = jnp.tensordot(self.eigvecs, X, axes=(1, 0))
+        return X if self.frame is None else jnp.tensordot(self.frame, X, axes=(1, 0))
 
 
 class AbstractPieceBasis(eqx.Module):
@@ -81,9 +99,10 @@ class AbstractPieceBasis(eqx.Module):
         """Largest acceptable relative error estimate (the solve reports more as failure)."""
 
 
-def _exact(lam, vec, basis) -> PieceBasis:
+def _exact(lam, vec, basis, frame=None) -> PieceBasis:
     # No error to estimate (leading axes kept: stacked over pieces or not).
-    return PieceBasis(lam, vec, basis, jnp.zeros(lam.shape[:-1], lam.dtype), jnp.zeros_like(lam))
+    zero = jnp.zeros(lam.shape[:-1], lam.dtype)
+    return PieceBasis(lam, vec, basis, zero, jnp.zeros_like(lam), frame)
 
 
 class EigenBasis(AbstractPieceBasis):
@@ -99,8 +118,7 @@ class EigenBasis(AbstractPieceBasis):
         if idx is None:
             return _exact(*grid.spectral())
         assert w is not None
-        # One piece at a time: a dense piece kernel is (n·k)² numbers.
-        return jax.lax.map(lambda iw: _exact(*grid.piece_spectral(*iw)), (idx, w))
+        return _exact(*grid.piece_frames(idx, w))
 
     def basis(self, grid, piece, r):
         return piece

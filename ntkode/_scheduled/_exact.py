@@ -63,14 +63,14 @@ def _as_dtype(dtype):
 
 def _columns(b: PieceBasis, r, us):
     """The residual and test outputs as matrices with the basis' row counts."""
-    return r.reshape(b.eigvecs.shape[0], -1), us.reshape(b.test_basis.shape[0], -1)
+    return r.reshape(b.rows, -1), us.reshape(b.test_basis.shape[0], -1)
 
 
 def _exit_time(c, b: PieceBasis, r, level, horizon):
     """Smallest τ in [0, horizon] with ‖r(τ)‖² = level (horizon if never reached)."""
     R, _ = _columns(b, r, jnp.zeros((b.test_basis.shape[0],), r.dtype))
     lam = b.eigvals[:, None]
-    coef = b.eigvecs.T @ R
+    coef = b.project(R)
     perp = jnp.maximum(jnp.sum(R * R) - jnp.sum(coef * coef), 0.0)
 
     def f(tau):
@@ -96,9 +96,9 @@ def _exit_time(c, b: PieceBasis, r, level, horizon):
 def _propagate(c, b: PieceBasis, r, us, tau):
     """Train residual and test outputs after time `tau` in one piece."""
     R, U = _columns(b, r, us)
-    coef = b.eigvecs.T @ R
+    coef = b.project(R)
     phi = decay_integral(c * b.eigvals, tau)[:, None]
-    R = R + b.eigvecs @ (jnp.expm1(-c * b.eigvals * tau)[:, None] * coef)
+    R = R + b.expand(jnp.expm1(-c * b.eigvals * tau)[:, None] * coef)
     return R.reshape(-1), (U - c * b.test_basis @ (phi * coef)).reshape(-1)
 
 
@@ -111,14 +111,13 @@ def _at_times(c, b: PieceBasis, r, us, tau):
     """
     R, U = _columns(b, r, us)
     lam = b.eigvals
-    coef = b.eigvecs.T @ R  # (rank, columns)
+    coef = b.project(R)  # (rank, columns)
     x = c * lam[None, :] * tau[:, None]
     phi = decay_integral(c * lam[None, :], tau[:, None])
     cur = c * jnp.exp(-x)
     T = tau.shape[0]
-    both = jnp.einsum(
-        "ir,trc->tic", b.eigvecs, jnp.concatenate([jnp.expm1(-x), -lam * cur])[:, :, None] * coef
-    )
+    scale = jnp.concatenate([jnp.expm1(-x), -lam * cur])  # (2T, rank)
+    both = jnp.moveaxis(b.expand(scale.T[:, :, None] * coef[:, None, :]), 1, 0)
     rt, dut = R + both[:T], both[T:]
     both = jnp.einsum(
         "ir,trc->tic", b.test_basis, jnp.concatenate([-c * phi, -cur])[:, :, None] * coef

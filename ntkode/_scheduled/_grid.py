@@ -178,6 +178,27 @@ class AbstractKernelGrid(eqx.Module):
         (`ntkode/_scheduled/_exact.py`).
         """
 
+    def piece_frame(
+        self, idx: Int[Array, " a"], w: Float[Array, " a"]
+    ) -> tuple[Float[Array, " r"], Float[Array, "q r"], Float[Array, "mk r"], Array | None]:
+        r"""`piece_spectral` with eigenvectors `frame @ mix`: `(eigvals, mix, test_basis, frame)`.
+
+        By default the frame is `None` and `mix` the eigenvectors themselves; a
+        [`ntkode.LowRankKernelGrid`][] returns the stacked bases of the piece's nodes as the
+        frame, so the exact solver never forms the `(n·k, a·r)` eigenvectors.
+        """
+        lam, vec, test = self.piece_spectral(idx, w)
+        return lam, vec, test, None
+
+    def piece_frames(self, idx: Int[Array, "P a"], w: Float[Array, "P a"]) -> tuple:
+        """[`AbstractKernelGrid.piece_frame`][] of every piece, stacked along a piece axis.
+
+        One piece at a time by default (a dense piece kernel is `(n·k)²` numbers); grids
+        whose pieces share work (a low-rank grid's cross-Grams of neighbouring nodes) do it
+        once here.
+        """
+        return jax.lax.map(lambda iw: self.piece_frame(*iw), (idx, w))
+
     @abc.abstractmethod
     def eigenvalues(self) -> Float[Array, "G nk"]:
         """All `n·k` train-kernel eigenvalues per node, ascending (unstored ones are 0)."""
@@ -215,6 +236,7 @@ class AbstractKernelGrid(eqx.Module):
         u0_test: Float[ArrayLike, "m k"] | None = None,
         trace: bool = False,
         block_size: int | None = None,
+        landmarks: int | None = None,
     ) -> "AbstractKernelGrid":
         r"""Kernels of `model` at given parameter states.
 
@@ -232,12 +254,17 @@ class AbstractKernelGrid(eqx.Module):
         - `trace`: keep the mean diagonal output block $\bar\Theta = \operatorname{tr}_k
           \Theta / k$ of each kernel, shared by the `k` outputs, instead of the full
           `(n·k)²` blocks (a [`ntkode.SharedKernelGrid`][]: `k²` times less memory).
+        - `landmarks`: if given, never form the `(n·k)²` kernels: a Nyström approximation
+          from the kernel columns of that many landmark training points (a seeded uniform
+          sample), `O(n·landmarks)` kernel entries per node, rank `landmarks·k`, with the
+          compression error *estimated* from 64 sampled kernel rows
+          (`ntkode/_scheduled/_nystrom.py`).
 
         The kernels are Gram matrices $J J^\top$ by construction: they are symmetrised but
         not eigen-checked (that check costs an $O((nk)^3)$ eigendecomposition per node).
 
         **Returns:** a dense [`ntkode.KernelGrid`][]; a [`ntkode.LowRankKernelGrid`][] when
-        `rank` is given; a [`ntkode.SharedKernelGrid`][] with `trace=True`.
+        `rank` or `landmarks` is given; a [`ntkode.SharedKernelGrid`][] with `trace=True`.
         """
         # The storages are themselves built on this class.
         from ._dense import KernelGrid
@@ -249,6 +276,11 @@ class AbstractKernelGrid(eqx.Module):
                 "already small; drop `rank`, or drop `trace` for low-rank full blocks."
             )
 
+        if landmarks is not None and (trace or rank is not None):
+            raise ValueError(
+                "`landmarks` (a Nyström grid) does not combine with `trace=True` or `rank`: "
+                "its rank is the number of landmarks (times the outputs); drop the others."
+            )
         static = partition(model)[1]
         if isinstance(params, list | tuple):
             states = [partition(p)[0] if _is_model(p) else p for p in params]
@@ -265,6 +297,12 @@ class AbstractKernelGrid(eqx.Module):
             )
         n, m, k = data.n_train, data.n_test, data.n_outputs
         kw = dict(implementation=implementation, trace=trace, block_size=block_size)
+        meta = dict(n_outputs=k, times=times, u0_train=u0_train, u0_test=u0_test, psd_tol=None)
+        if landmarks is not None:
+            from ._nystrom import nystrom_grid
+
+            nkw = dict(implementation=implementation, block_size=block_size)
+            return nystrom_grid(states, static, data, nodes, landmarks, meta=meta, **nkw)
 
         def as_flat(a, rows):
             # Traced kernels sum the k diagonal blocks: divide by k for their mean.
@@ -279,7 +317,6 @@ class AbstractKernelGrid(eqx.Module):
                 kss.append(as_flat(ntk(net, data.x_test, data.x_train, **kw), m))
             else:
                 kss.append(jnp.zeros((0, kt.shape[1]), kt.dtype))
-        meta = dict(n_outputs=k, times=times, u0_train=u0_train, u0_test=u0_test, psd_tol=None)
         if trace:
             return SharedKernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
         grid = KernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
@@ -298,6 +335,7 @@ class AbstractKernelGrid(eqx.Module):
         implementation: Implementation | AbstractNTKImplementation = "auto",
         trace: bool = False,
         block_size: int | None = None,
+        landmarks: int | None = None,
     ) -> "AbstractKernelGrid":
         """Kernels along a true-flow solution, at the saved times nearest to `times`.
 
@@ -306,7 +344,7 @@ class AbstractKernelGrid(eqx.Module):
         `schedule(t_g, u(t_g))` (time by default; e.g. `schedules.LossLevel()` for a
         loss-scheduled grid), sorted increasingly. The grid remembers the run's initial
         outputs as the default starting point of a surrogate. `rank`, `implementation`,
-        `trace` and `block_size` are as in [`AbstractKernelGrid.from_params`][].
+        `trace`, `block_size` and `landmarks` are as in [`AbstractKernelGrid.from_params`][].
 
         **Returns:** as [`AbstractKernelGrid.from_params`][].
         """
@@ -356,6 +394,7 @@ class AbstractKernelGrid(eqx.Module):
             u0_test=sol.test[0],
             trace=trace,
             block_size=block_size,
+            landmarks=landmarks,
         )
 
     @classmethod
@@ -372,6 +411,7 @@ class AbstractKernelGrid(eqx.Module):
         trace: bool = False,
         implementation: Implementation | AbstractNTKImplementation = "auto",
         block_size: int | None = None,
+        landmarks: int | None = None,
     ) -> "AbstractKernelGrid":
         r"""Kernels at the states of a cheap run: exponential steps of the linearised network.
 
@@ -396,6 +436,11 @@ class AbstractKernelGrid(eqx.Module):
           or [`ntkode.KrylovBasis`][] (for large `n`).
         - `rank`, `krylov_dim`: keep a low-rank grid ([`KernelGrid.compress`][]).
         - `trace`, `implementation`, `block_size`: as in [`AbstractKernelGrid.from_params`][].
+        - `landmarks`: Nyström kernels (as in [`AbstractKernelGrid.from_params`][]) for the
+          steps and the grid: `O(n·landmarks)` kernel entries per step instead of `O(n²)`.
+          Each step then moves the residual outside the kernels' span as if its eigenvalues
+          were 0 (by $h\,r$), a good approximation only where the missing spectrum is small
+          against $1/(ch)$.
 
         **Returns:** a kernel grid whose `times` are `times` and whose initial outputs are the
         problem's.
@@ -414,6 +459,7 @@ class AbstractKernelGrid(eqx.Module):
             trace=trace,
             implementation=implementation,
             block_size=block_size,
+            landmarks=landmarks,
         )
 
 

@@ -49,11 +49,11 @@ def _step(params, static, grid, piece_basis, x, y, learning_rate, h):
     # The grid holds this state's kernel alone: one piece, node 0 with weight 1.
     one = piece_basis.prepare(grid, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), r.dtype))
     b = piece_basis.basis(grid, jax.tree.map(lambda a: a[0], one), r)
-    R = r.reshape(b.eigvecs.shape[0], -1)
-    coef = b.eigvecs.T @ R
+    R = r.reshape(b.rows, -1)
+    coef = b.project(R)
     # Φ_h r: the decay integral on the basis, and h·r on what the basis leaves out (λ = 0).
-    phi_r = b.eigvecs @ (decay_integral(c * b.eigvals, h)[:, None] * coef)
-    phi_r = phi_r + h * (R - b.eigvecs @ coef)
+    phi_r = b.expand(decay_integral(c * b.eigvals, h)[:, None] * coef)
+    phi_r = phi_r + h * (R - b.expand(coef))
     (g,) = vjp(phi_r.reshape(u.shape))
     return jax.tree.map(lambda p, d: p - c * d, params, g)
 
@@ -70,9 +70,12 @@ def linearised_grid(
     trace: bool = False,
     implementation: Any = "auto",
     block_size: int | None = None,
+    landmarks: int | None = None,
 ) -> AbstractKernelGrid:
     """See [`AbstractKernelGrid.from_linearised_steps`][]."""
     from ._dense import KernelGrid
+    from ._low_rank import LowRankKernelGrid
+    from ._nystrom import stack_low_rank
     from ._shared import SharedKernelGrid
 
     if not isinstance(problem, GradientFlowProblem):
@@ -86,6 +89,11 @@ def linearised_grid(
             "(KernelGrid.from_solution)."
         )
     check_piece_basis(piece_basis)
+    if landmarks is not None and (rank is not None or trace):
+        raise ValueError(
+            "`landmarks` (Nyström kernels) does not combine with `rank` or `trace=True`: its "
+            "rank is the number of landmarks (times the outputs); drop the others."
+        )
     if isinstance(substeps, bool) or not isinstance(substeps, int | np.integer) or substeps < 1:
         raise ValueError(f"`substeps` must be a positive integer, got {substeps!r}.")
     req = np.atleast_1d(np.asarray(times, dtype=float))
@@ -110,8 +118,9 @@ def linearised_grid(
             trace=trace,
             implementation=implementation,
             block_size=block_size,
+            landmarks=landmarks,
         )
-        assert isinstance(g, KernelGrid | SharedKernelGrid)
+        assert isinstance(g, KernelGrid | SharedKernelGrid | LowRankKernelGrid)
         return g
 
     t = t0
@@ -140,16 +149,17 @@ def linearised_grid(
         raise ValueError(
             "Two node times give the same scheduling value; choose other times or another schedule."
         )
-    stack = lambda name: jnp.stack([getattr(kept[j], name)[0] for j in order])
     meta = dict(
         n_outputs=data.n_outputs,
         times=req[order],
         u0_train=apply(problem.model, data.x_train),
         u0_test=apply(problem.model, data.x_test),
-        psd_tol=None,
     )
+    if landmarks is not None:
+        return stack_low_rank([kept[j] for j in order], nodes[order], **meta)
+    stack = lambda name: jnp.stack([getattr(kept[j], name)[0] for j in order])
     cls = SharedKernelGrid if trace else KernelGrid
-    grid = cls(nodes[order], stack("kernel_train"), stack("kernel_test"), **meta)
+    grid = cls(nodes[order], stack("kernel_train"), stack("kernel_test"), psd_tol=None, **meta)
     if rank is None:
         return grid
     assert isinstance(grid, KernelGrid)

@@ -11,6 +11,7 @@ kernels.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -111,17 +112,75 @@ class LowRankKernelGrid(AbstractKernelGrid):
         return self.eigvals, self.eigvecs, self.test_basis
 
     def piece_spectral(self, idx, w):
-        # Σ_j w_j V_j Λ_j V_jᵀ lives in the span of the stacked bases [V_1 … V_a] = Q R:
-        # it is Q (R D Rᵀ) Qᵀ with D = diag(w_j Λ_j), so one QR of an (n·k, a·r) matrix and
-        # one (a·r)² eigendecomposition give its exact eigenpairs, O(n·k·(a·r)²) work.
+        lam, mix, test, frame = self.piece_frame(idx, w)
+        return lam, frame @ mix, test
+
+    def piece_frames(self, idx, w):
+        # Pieces of a piecewise-constant schedule combine neighbouring nodes (g, g + 1): their
+        # cross-Grams V_gᵀV_{g+1} are computed once per pair, G - 1 GEMMs, and looked up.
+        if idx.shape[1] != 2 or self.size < 2:
+            return super().piece_frames(idx, w)
+        V = self.eigvecs
+        adjacent = jnp.einsum("gir,gis->grs", V[:-1], V[1:])
+
+        def one(iw):
+            i, wi = iw
+            lo = jnp.clip(jnp.minimum(i[0], i[1]), 0, self.size - 2)
+            table = jnp.where(i[0] < i[1], adjacent[lo], adjacent[lo].T)
+            # Not a neighbouring pair and both weights used: compute it (never, for the
+            # built-in interpolations; a zero weight makes the cross-Gram irrelevant).
+            direct = (jnp.abs(i[0] - i[1]) != 1) & jnp.all(wi != 0)
+            cross = jax.lax.cond(direct, lambda: V[i[0]].T @ V[i[1]], lambda: table)
+            return self.piece_frame(i, wi, cross=cross)
+
+        return jax.lax.map(one, (idx, w))
+
+    def piece_frame(self, idx, w, cross=None):
+        # Σ_j w_j V_j Λ_j V_jᵀ = A Aᵀ with A = F D^{1/2}, F = [V_1 … V_a] `(n·k, a·r)` and
+        # D = diag(w_j Λ_j) ≥ 0. Its nonzero eigenpairs are those of the small
+        # `(a·r)²` matrix AᵀA = D^{1/2} (FᵀF) D^{1/2} = U θ Uᵀ, with eigenvectors
+        # A U θ^{-1/2} = F · mix (the SVD of A through its Gram matrix). FᵀF has identity
+        # diagonal blocks (each V_j is orthonormal), so the only n-row work is the
+        # cross-Grams V_iᵀV_j, one GEMM per pair of nodes; the eigenvectors are left as
+        # F · mix (applied at O(n·k·a·r) per vector), and the projections V_jᵀ V = (FᵀF)_j mix
+        # of the test basis are small products. One (a·r)² eigendecomposition per piece, no
+        # QR of an n-row matrix. Eigenvalues at round-off level (θ ≤ a·r·ε·max θ: kernels
+        # zero there, or nodes sharing eigenvectors) come out as θ = 0 with zero columns;
+        # every eigenvector with θ > 0 stays orthonormal. A negative w_j Λ_j (a kernel that
+        # is not PSD, or extrapolating weights) falls back to one QR of F.
         lam, vec, basis = self.eigvals[idx], self.eigvecs[idx], self.test_basis[idx]
         a, nk, r = vec.shape
-        q, R = jnp.linalg.qr(jnp.moveaxis(vec, 0, 1).reshape(nk, a * r))
-        small = (R * (w[:, None] * lam).reshape(-1)) @ R.T
-        theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
-        vecs = q @ U
-        proj = jnp.einsum("ajr,jq->arq", vec, vecs)
-        return theta, vecs, jnp.einsum("a,amr,arq->mq", w, basis, proj)
+        frame = jnp.moveaxis(vec, 0, 1).reshape(nk, a * r)
+        d = (w[:, None] * lam).reshape(-1)
+        eye = jnp.eye(r, dtype=vec.dtype)
+        blocks = [[eye] * a for _ in range(a)]
+        for i in range(a):
+            for j in range(i + 1, a):
+                c = vec[i].T @ vec[j] if cross is None or a != 2 else cross
+                blocks[i][j], blocks[j][i] = c, c.T
+        gram = jnp.block(blocks)
+        # Σ_j w_j B_j (V_jᵀ V) from the projections `(a·r, a·r)` stacked by node.
+        proj_basis = lambda proj: jnp.einsum("a,amr,arq->mq", w, basis, proj.reshape(a, r, -1))
+
+        def by_gram(_):
+            root = jnp.sqrt(jnp.maximum(d, 0.0))
+            small = root[:, None] * gram * root[None, :]
+            theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
+            keep = theta > a * r * float(jnp.finfo(vec.dtype).eps) * jnp.max(jnp.abs(theta))
+            inv = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, theta, 1.0)), 0.0)
+            mix = root[:, None] * U * inv[None, :]
+            return jnp.where(keep, theta, 0.0), mix, proj_basis(gram @ mix), frame
+
+        def by_qr(_):
+            q, R = jnp.linalg.qr(frame)
+            if q.shape[1] < a * r:  # fewer rows than stacked columns: pad to (a·r) columns
+                q = jnp.pad(q, ((0, 0), (0, a * r - q.shape[1])))
+                R = jnp.pad(R, ((0, a * r - R.shape[0]), (0, 0)))
+            small = (R * d) @ R.T
+            theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
+            return theta, U, proj_basis(R.T @ U), q  # V_jᵀ Q = R_jᵀ
+
+        return jax.lax.cond(jnp.all(d >= 0), by_gram, by_qr, None)
 
     def eigenvalues(self):
         # The kernel is zero outside the stored basis: n·k - r zero eigenvalues.
