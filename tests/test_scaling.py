@@ -144,6 +144,26 @@ def test_low_rank_pieces_of_nodes_sharing_eigenvectors_equal_dense_pieces():
             assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
 
 
+def test_low_rank_pieces_of_indefinite_combinations_equal_dense_pieces():
+    # A negative w_j Λ_j (extrapolating weights, or a kernel that is not PSD) has no square
+    # root: the piece is diagonalised in an orthonormal basis of the stacked node bases.
+    data = small_data(n=14, m=6)
+    low = _random_grid(data).compress(5)
+    idx, w = jnp.array([1, 2]), jnp.array([1.5, -0.5])
+    lam, vec, test = low.piece_spectral(idx, w)
+    train = jnp.einsum("a,aij->ij", w, low.dense_train()[idx])
+    assert rel_max(jnp.einsum("ir,r,jr->ij", vec, lam, vec), train) < 1e-10
+    assert rel_max(test, jnp.einsum("a,aij,jr->ir", w, low.dense_test()[idx], vec)) < 1e-10
+    # Kernels with a negative eigenvalue, through the solver: the same as the dense path.
+    low = eqx.tree_at(lambda g: g.eigvals, low, low.eigvals.at[:, 0].set(-0.05))
+    dense = nk.KernelGrid(low.nodes, low.dense_train(), low.dense_test(), psd_tol=None)
+    ts = jnp.linspace(0.0, 3.0, 13)
+    a = nk.solve(_problem(dense, data), saveat=ts)
+    b = nk.solve(_problem(low, data), saveat=ts)
+    for f in ("train", "test", "train_dot", "test_dot"):
+        assert rel_max(getattr(b, f), getattr(a, f)) < 1e-10, f
+
+
 # ---------------------------------------------------------------- shared (traced) kernels
 
 

@@ -42,10 +42,10 @@ class PieceBasis(NamedTuple):
 
     The train residual is read as a `(rows, columns)` matrix (`rows = n·k`, or `n` for
     kernels shared by the outputs), the test outputs likewise with `test_basis.shape[0]`
-    rows. The eigenvectors are `eigvecs` itself, or `frame @ eigvecs` when a `frame` is
-    given (a low-rank piece keeps the stacked bases of its nodes as the frame and a small
-    `(q, r)` mixing matrix, so that applying its eigenvectors costs `O(rows·q)` per vector
-    instead of forming them).
+    rows. The eigenvectors are `eigvecs` itself, or `[frame_1 … frame_a] @ eigvecs` when
+    node bases `frame` `(a, rows, r)` are given (a low-rank piece keeps the bases of its
+    nodes, numbers `nodes`, and a small `(a·r, q)` mixing matrix, so that applying its
+    eigenvectors costs `O(rows·a·r)` per vector instead of forming them).
     """
 
     eigvals: Float[Array, " r"]
@@ -55,21 +55,32 @@ class PieceBasis(NamedTuple):
     # coupling $\beta_{m+1}$ and the products $S_{mi} S_{1i}$ (zero for exact bases).
     coupling: Float[Array, ""]
     tail: Float[Array, " r"]
-    frame: Float[Array, "rows q"] | None = None
+    nodes: Int[Array, " a"] | None = None
+    frame: Float[Array, "a rows rank"] | None = None
 
     @property
     def rows(self) -> int:
         """Rows of the train residual matrix."""
-        return (self.eigvecs if self.frame is None else self.frame).shape[0]
+        return self.eigvecs.shape[0] if self.frame is None else self.frame.shape[1]
 
     def project(self, R: Float[Array, "rows c"]) -> Float[Array, "r c"]:
         """Coordinates $V^\top R$ of `R` on the eigenvectors."""
-        return self.eigvecs.T @ (R if self.frame is None else self.frame.T @ R)
+        if self.frame is None:
+            return self.eigvecs.T @ R
+        return self.eigvecs.T @ jnp.einsum("air,ic->arc", self.frame, R).reshape(-1, R.shape[1])
+
+    def coordinates(self, X: Float[Array, "r ..."]) -> Float[Array, "a rank ..."]:
+        """$V X$ as coordinates on each node basis of the frame (`frame` must be given)."""
+        assert self.frame is not None
+        a, _, rank = self.frame.shape
+        X = jnp.tensordot(self.eigvecs, X, axes=(1, 0))
+        return X.reshape((a, rank) + X.shape[1:])
 
     def expand(self, X: Float[Array, "r ..."]) -> Float[Array, "rows ..."]:
         """$V X$, contracting the leading axis of `X`."""
-        X = jnp.tensordot(self.eigvecs, X, axes=(1, 0))
-        return X if self.frame is None else jnp.tensordot(self.frame, X, axes=(1, 0))
+        if self.frame is None:
+            return jnp.tensordot(self.eigvecs, X, axes=(1, 0))
+        return jnp.tensordot(self.frame, self.coordinates(X), axes=((0, 2), (0, 1)))
 
 
 class AbstractPieceBasis(eqx.Module):
@@ -99,10 +110,10 @@ class AbstractPieceBasis(eqx.Module):
         """Largest acceptable relative error estimate (the solve reports more as failure)."""
 
 
-def _exact(lam, vec, basis, frame=None) -> PieceBasis:
+def _exact(lam, vec, basis, nodes=None) -> PieceBasis:
     # No error to estimate (leading axes kept: stacked over pieces or not).
     zero = jnp.zeros(lam.shape[:-1], lam.dtype)
-    return PieceBasis(lam, vec, basis, zero, jnp.zeros_like(lam), frame)
+    return PieceBasis(lam, vec, basis, zero, jnp.zeros_like(lam), nodes)
 
 
 class EigenBasis(AbstractPieceBasis):
@@ -118,10 +129,15 @@ class EigenBasis(AbstractPieceBasis):
         if idx is None:
             return _exact(*grid.spectral())
         assert w is not None
-        return _exact(*grid.piece_frames(idx, w))
+        framed = grid.frame_bases() is not None
+        return _exact(*grid.piece_frames(idx, w), idx if framed else None)
 
     def basis(self, grid, piece, r):
-        return piece
+        bases = grid.frame_bases()
+        if piece.nodes is None or bases is None:
+            return piece
+        # The piece's node bases, gathered here, one piece at a time (never stacked).
+        return piece._replace(frame=bases[piece.nodes])
 
     def tolerance(self, dtype):
         return float("inf")

@@ -108,6 +108,12 @@ def _at_times(c, b: PieceBasis, r, us, tau):
     In the piece's eigenbasis $V^\top r(\tau) = e^{-c\lambda\tau} \odot V^\top r$, so the
     velocities ($\Theta r = V(\lambda \odot V^\top r)$, $\Theta_* r = (\Theta_* V) V^\top r$)
     need no new projections, and each output is one matrix product with $V$ or $\Theta_* V$.
+
+    With node bases (`b.frame`), the train rows' change is left as coordinates on the node
+    bases `(a, rank, 2T, columns)` (second return value; `None` otherwise) and the rows
+    returned are the entry residual and zero velocities: the caller sums the coordinates of
+    every piece per node and expands them once, after the last piece, instead of one
+    `(rows × a·rank)` product per piece at every save time.
     """
     R, U = _columns(b, r, us)
     lam = b.eigvals
@@ -117,13 +123,18 @@ def _at_times(c, b: PieceBasis, r, us, tau):
     cur = c * jnp.exp(-x)
     T = tau.shape[0]
     scale = jnp.concatenate([jnp.expm1(-x), -lam * cur])  # (2T, rank)
-    both = jnp.moveaxis(b.expand(scale.T[:, :, None] * coef[:, None, :]), 1, 0)
-    rt, dut = R + both[:T], both[T:]
+    change = scale.T[:, :, None] * coef[:, None, :]  # (rank, 2T, columns)
+    if b.frame is None:
+        both = jnp.moveaxis(b.expand(change), 1, 0)
+        rt, dut, nodal = R + both[:T], both[T:], None
+    else:
+        rt = jnp.broadcast_to(R, (T,) + R.shape)
+        dut, nodal = jnp.zeros_like(rt), b.coordinates(change)
     both = jnp.einsum(
         "ir,trc->tic", b.test_basis, jnp.concatenate([-c * phi, -cur])[:, :, None] * coef
     )
     flat = lambda a: a.reshape(a.shape[0], -1)
-    return flat(rt), flat(U + both[:T]), flat(dut), flat(both[T:])
+    return (flat(rt), flat(U + both[:T]), flat(dut), flat(both[T:])), nodal
 
 
 def _estimate(c, b: PieceBasis, tau):
@@ -194,8 +205,12 @@ def exact_outputs(
             data, a, end, mask = inputs
             b = piece_basis.basis(grid, data, r)
         tau = jnp.clip(ts - a, 0.0, end - a)
-        new = _at_times(c, b, r, us, tau)
-        out = tuple(jnp.where(mask[:, None], v, o) for v, o in zip(new, out, strict=True))
+        new, nodal = _at_times(c, b, r, us, tau)
+        rows = tuple(jnp.where(mask[:, None], v, o) for v, o in zip(new, out[:4], strict=True))
+        if nodal is not None:
+            twice = jnp.concatenate([mask, mask])[None, None, :, None]
+            rows = rows + (out[4].at[b.nodes].add(jnp.where(twice, nodal, 0.0)),)
+        out = rows
         used = jnp.concatenate([jnp.where(mask, tau, 0.0), (end - a)[None]])
         err = jnp.maximum(err, _estimate(c, b, used))
         r, us = _propagate(c, b, r, us, end - a)
@@ -204,10 +219,19 @@ def exact_outputs(
     T = ts.shape[0]
     zr, zs = jnp.zeros((T,) + r0.shape, dtype), jnp.zeros((T,) + us0.shape, dtype)
     out0 = (zr, zs, zr, zs)
+    framed = isinstance(prepared, PieceBasis) and prepared.nodes is not None
+    bases = grid.frame_bases() if framed else None
+    if bases is not None:
+        # Train-row changes as coordinates on each node's basis, summed over the pieces.
+        G, rows, rank = bases.shape
+        out0 = out0 + (jnp.zeros((G, rank, 2 * T, r0.shape[0] // rows), dtype),)
     err0 = jnp.zeros((), dtype)
     init = (r0, us0, err0, t0, out0) if by_norm else (r0, us0, err0, out0)
     carry, _ = jax.lax.scan(piece, init, pieces)
-    rs, uss, du, dus = carry[-1]
+    rs, uss, du, dus = carry[-1][:4]
+    if bases is not None:
+        change = jnp.einsum("gir,grtc->tic", bases.astype(dtype), carry[-1][4]).reshape(2 * T, -1)
+        rs, du = rs + change[:T], du + change[T:]
     err = carry[2]
     converged = err <= piece_basis.tolerance(dtype)
     result = RESULTS.where(converged, RESULTS.successful, RESULTS.not_converged)

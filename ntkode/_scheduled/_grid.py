@@ -180,15 +180,19 @@ class AbstractKernelGrid(eqx.Module):
 
     def piece_frame(
         self, idx: Int[Array, " a"], w: Float[Array, " a"]
-    ) -> tuple[Float[Array, " r"], Float[Array, "q r"], Float[Array, "mk r"], Array | None]:
-        r"""`piece_spectral` with eigenvectors `frame @ mix`: `(eigvals, mix, test_basis, frame)`.
+    ) -> tuple[Float[Array, " r"], Float[Array, "q r"], Float[Array, "mk r"]]:
+        r"""`piece_spectral` with eigenvectors in the piece's frame: `(eigvals, mix, test_basis)`.
 
-        By default the frame is `None` and `mix` the eigenvectors themselves; a
-        [`ntkode.LowRankKernelGrid`][] returns the stacked bases of the piece's nodes as the
-        frame, so the exact solver never forms the `(n·k, a·r)` eigenvectors.
+        Without [`AbstractKernelGrid.frame_bases`][] (the default), `mix` is the eigenvectors
+        themselves. A [`ntkode.LowRankKernelGrid`][] returns them as coordinates on the
+        stacked bases of the piece's nodes, $V = [V_{\text{idx}_1} \dots V_{\text{idx}_a}]
+        \,\text{mix}$, so the exact solver never forms the `(n·k, a·r)` eigenvectors.
         """
-        lam, vec, test = self.piece_spectral(idx, w)
-        return lam, vec, test, None
+        return self.piece_spectral(idx, w)
+
+    def frame_bases(self) -> Float[Array, "G nk r"] | None:
+        """The node bases `(G, n·k, r)` that `piece_frame`'s `mix` multiplies, or `None`."""
+        return None
 
     def piece_frames(self, idx: Int[Array, "P a"], w: Float[Array, "P a"]) -> tuple:
         """[`AbstractKernelGrid.piece_frame`][] of every piece, stacked along a piece axis.

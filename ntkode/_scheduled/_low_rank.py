@@ -112,8 +112,11 @@ class LowRankKernelGrid(AbstractKernelGrid):
         return self.eigvals, self.eigvecs, self.test_basis
 
     def piece_spectral(self, idx, w):
-        lam, mix, test, frame = self.piece_frame(idx, w)
-        return lam, frame @ mix, test
+        lam, mix, test = self.piece_frame(idx, w)
+        return lam, stacked(self.eigvecs[idx]) @ mix, test
+
+    def frame_bases(self):
+        return self.eigvecs
 
     def piece_frames(self, idx, w):
         # Pieces of a piecewise-constant schedule combine neighbouring nodes (g, g + 1): their
@@ -136,21 +139,24 @@ class LowRankKernelGrid(AbstractKernelGrid):
         return jax.lax.map(one, (idx, w))
 
     def piece_frame(self, idx, w, cross=None):
-        # Σ_j w_j V_j Λ_j V_jᵀ = A Aᵀ with A = F D^{1/2}, F = [V_1 … V_a] `(n·k, a·r)` and
-        # D = diag(w_j Λ_j) ≥ 0. Its nonzero eigenpairs are those of the small
-        # `(a·r)²` matrix AᵀA = D^{1/2} (FᵀF) D^{1/2} = U θ Uᵀ, with eigenvectors
-        # A U θ^{-1/2} = F · mix (the SVD of A through its Gram matrix). FᵀF has identity
-        # diagonal blocks (each V_j is orthonormal), so the only n-row work is the
-        # cross-Grams V_iᵀV_j, one GEMM per pair of nodes; the eigenvectors are left as
-        # F · mix (applied at O(n·k·a·r) per vector), and the projections V_jᵀ V = (FᵀF)_j mix
-        # of the test basis are small products. One (a·r)² eigendecomposition per piece, no
-        # QR of an n-row matrix. Eigenvalues at round-off level (θ ≤ a·r·ε·max θ: kernels
-        # zero there, or nodes sharing eigenvectors) come out as θ = 0 with zero columns;
-        # every eigenvector with θ > 0 stays orthonormal. A negative w_j Λ_j (a kernel that
-        # is not PSD, or extrapolating weights) falls back to one QR of F.
+        # Σ_j w_j V_j Λ_j V_jᵀ = F D Fᵀ with F = [V_1 … V_a] `(n·k, a·r)` and D = diag(w_j Λ_j).
+        # Its eigenvectors with nonzero eigenvalues lie in span F: they are returned as F · mix,
+        # from the small Gram matrix FᵀF alone. FᵀF has identity diagonal blocks (each V_j is
+        # orthonormal), so the only n-row work is the cross-Grams V_iᵀV_j, one GEMM per pair
+        # of nodes; F itself is never formed (the solver applies F · mix node by node), and
+        # the projections V_jᵀ V = (FᵀF)_j mix of the test basis are small products.
+        # - D ≥ 0 (PSD kernels, convex weights): F D Fᵀ = A Aᵀ with A = F D^{1/2}; its nonzero
+        #   eigenpairs are those of AᵀA = D^{1/2} (FᵀF) D^{1/2} = U θ Uᵀ, with eigenvectors
+        #   A U θ^{-1/2} (the SVD of A through its Gram matrix): one (a·r)² eigh.
+        # - Otherwise (a kernel that is not PSD, or extrapolating weights): FᵀF = W s Wᵀ gives
+        #   the orthonormal basis F W s^{-1/2} of span F (directions with s at round-off level
+        #   dropped: F is zero there), in which the kernel is s^{1/2} Wᵀ D W s^{1/2} = U θ Uᵀ:
+        #   mix = W s^{-1/2} U, two (a·r)² eighs.
+        # Eigenvalues at round-off level (|θ| ≤ a·r·ε·max|θ|: kernels zero there, or nodes
+        # sharing eigenvectors) come out as θ = 0 with zero columns; every other eigenvector
+        # stays orthonormal.
         lam, vec, basis = self.eigvals[idx], self.eigvecs[idx], self.test_basis[idx]
         a, nk, r = vec.shape
-        frame = jnp.moveaxis(vec, 0, 1).reshape(nk, a * r)
         d = (w[:, None] * lam).reshape(-1)
         eye = jnp.eye(r, dtype=vec.dtype)
         blocks = [[eye] * a for _ in range(a)]
@@ -159,28 +165,32 @@ class LowRankKernelGrid(AbstractKernelGrid):
                 c = vec[i].T @ vec[j] if cross is None or a != 2 else cross
                 blocks[i][j], blocks[j][i] = c, c.T
         gram = jnp.block(blocks)
-        # Σ_j w_j B_j (V_jᵀ V) from the projections `(a·r, a·r)` stacked by node.
-        proj_basis = lambda proj: jnp.einsum("a,amr,arq->mq", w, basis, proj.reshape(a, r, -1))
+        tiny = a * r * float(jnp.finfo(vec.dtype).eps)
+
+        def small_eigh(small, scale):
+            theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
+            keep = jnp.abs(theta) > tiny * jnp.max(jnp.abs(theta))
+            return jnp.where(keep, theta, 0.0), U * scale * keep[None, :]
 
         def by_gram(_):
             root = jnp.sqrt(jnp.maximum(d, 0.0))
-            small = root[:, None] * gram * root[None, :]
-            theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
-            keep = theta > a * r * float(jnp.finfo(vec.dtype).eps) * jnp.max(jnp.abs(theta))
-            inv = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, theta, 1.0)), 0.0)
-            mix = root[:, None] * U * inv[None, :]
-            return jnp.where(keep, theta, 0.0), mix, proj_basis(gram @ mix), frame
+            theta, U = small_eigh(root[:, None] * gram * root[None, :], 1.0)
+            inv = jnp.where(theta > 0, 1.0 / jnp.sqrt(jnp.where(theta > 0, theta, 1.0)), 0.0)
+            return theta, root[:, None] * U * inv[None, :]
 
-        def by_qr(_):
-            q, R = jnp.linalg.qr(frame)
-            if q.shape[1] < a * r:  # fewer rows than stacked columns: pad to (a·r) columns
-                q = jnp.pad(q, ((0, 0), (0, a * r - q.shape[1])))
-                R = jnp.pad(R, ((0, a * r - R.shape[0]), (0, 0)))
-            small = (R * d) @ R.T
-            theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
-            return theta, U, proj_basis(R.T @ U), q  # V_jᵀ Q = R_jᵀ
+        def indefinite(_):
+            s, W = jnp.linalg.eigh(gram)
+            keep = s > tiny * jnp.max(s)
+            root = jnp.sqrt(jnp.where(keep, s, 0.0))
+            inv = jnp.where(keep, 1.0 / jnp.where(keep, root, 1.0), 0.0)
+            Ws = W * root[None, :]
+            theta, U = small_eigh((Ws.T * d) @ Ws, 1.0)
+            return theta, (W * inv[None, :]) @ U
 
-        return jax.lax.cond(jnp.all(d >= 0), by_gram, by_qr, None)
+        theta, mix = jax.lax.cond(jnp.all(d >= 0), by_gram, indefinite, None)
+        # Σ_j w_j B_j (V_jᵀ V) from the projections `(a·r, q)` stacked by node.
+        test = jnp.einsum("a,amr,arq->mq", w, basis, (gram @ mix).reshape(a, r, -1))
+        return theta, mix, test
 
     def eigenvalues(self):
         # The kernel is zero outside the stored basis: n·k - r zero eigenvalues.
@@ -197,6 +207,12 @@ class LowRankKernelGrid(AbstractKernelGrid):
     def with_zero_test(self, rows):
         zero = jnp.zeros((self.size, rows, self.rank), self.eigvals.dtype)
         return eqx.tree_at(lambda g: g.test_basis, self, zero)
+
+
+def stacked(bases: Float[Array, "a nk r"]) -> Float[Array, "nk ar"]:
+    """The node bases `(a, n·k, r)` side by side, `(n·k, a·r)`."""
+    a, nk, r = bases.shape
+    return jnp.moveaxis(bases, 0, 1).reshape(nk, a * r)
 
 
 __all__ = ["LowRankKernelGrid"]
