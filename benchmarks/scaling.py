@@ -405,11 +405,12 @@ def _fit(records, method: str):
 
 
 def figure(records, path: str, problem: str) -> dict:
+    """Two panels over n: wall seconds (log-log, fitted exponents) and max train error."""
     from ntkode._plot import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    exponents = {}
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(12, 5.2))
+    exponents, handles, ns = {}, [], set()
     for i, method in enumerate(METHODS):
         rows = sorted(
             (
@@ -425,17 +426,32 @@ def figure(records, path: str, problem: str) -> dict:
             continue
         p = _fit(rows, method)
         exponents[method] = p
-        label = method + (f" (n^{p:.2f})" if p is not None else "")
-        ax.loglog(
-            [r["n"] for r in rows], [r["seconds"] for r in rows], "o-", color=f"C{i}", label=label
-        )
+        label = method + (f" (seconds ~ n^{p:.2f})" if p is not None else "")
+        n = [r["n"] for r in rows]
+        ns.update(n)
+        (line,) = ax.loglog(n, [r["seconds"] for r in rows], "o-", color=f"C{i}", label=label)
+        handles.append(line)
+        if method != "true":  # the reference: zero error by definition
+            err = [100 * r["max_rel_train_error"] for r in rows]
+            ax_err.loglog(n, err, "o-", color=f"C{i}")
     ax.set(
         xlabel="training examples n",
         ylabel="wall seconds (build + solve)",
-        title=f"{problem}: the true flow against each surrogate (build + solve), cost vs n",
+        title=f"{problem}: cost of the true flow and of each surrogate",
     )
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+    ax_err.set(
+        xlabel="training examples n",
+        ylabel="max over t of relative train error (%)",
+        title=f"{problem}: surrogate error against the true flow",
+    )
+    ticks = sorted(ns)
+    for a in (ax, ax_err):
+        a.grid(True, which="major", alpha=0.3)
+        a.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        a.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax_err.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return exponents
