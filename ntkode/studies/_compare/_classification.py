@@ -389,15 +389,28 @@ def _add_tuned_rows(
 def plot_accuracy(cmp: Comparison, path: str) -> None:
     """Test accuracy over time of every method (train accuracy where there is no test set)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     ref = cmp.solutions[cmp.reference_name]
+    colours = plt.get_cmap("tab20").colors
+    on_test = True
     for i, (name, sol) in enumerate(cmp.solutions.items()):
         on_test = sol.y_test.shape[0] > 0
         acc = accuracy(sol.test if on_test else sol.train, sol.y_test if on_test else sol.y_train)
-        style = dict(lw=2, color="k") if sol is ref else dict(lw=1, color=f"C{i % 10}", ls="--")
+        style = (
+            dict(lw=2.2, color="k", zorder=3)
+            if sol is ref
+            else dict(lw=1.1, color=colours[i % len(colours)], ls="--")
+        )
         ax.plot(np.asarray(sol.t), np.asarray(acc), label=name, **style)
-    ax.set(xlabel="t", ylabel="test accuracy", title="Accuracy over training time")
-    ax.legend(fontsize=7)
+    split = "test" if on_test else "train"
+    ax.set(
+        xlabel="training time t (gradient-flow time)",
+        ylabel=f"{split} accuracy (fraction correct)",
+        title=f"{split.capitalize()} accuracy over training: the network ({cmp.reference_name}) "
+        "and each surrogate",
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
