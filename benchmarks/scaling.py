@@ -404,6 +404,13 @@ def _fit(records, method: str):
     return float(np.polyfit(n, s, 1)[0])
 
 
+QUIET_LOAD = 4.0  # 1-minute load average at a record's start, on the 2-core machine
+
+
+def _quiet(record) -> bool:
+    return record.get("loadavg", [float("inf")])[0] <= QUIET_LOAD
+
+
 def figure(records, path: str, problem: str) -> dict:
     """Two panels over n: wall seconds (log-log, fitted exponents) and max train error."""
     from ntkode._plot import pyplot
@@ -424,20 +431,26 @@ def figure(records, path: str, problem: str) -> dict:
         )
         if not rows:
             continue
-        p = _fit(rows, method)
+        # Exponents from the runs on a quiet machine only (load average ≤ QUIET_LOAD).
+        p = _fit([r for r in rows if _quiet(r)], method)
         exponents[method] = p
-        label = method + (f" (seconds ~ n^{p:.2f})" if p is not None else "")
+        label = method + (f" (seconds ~ n^{p:.2f}, quiet runs)" if p is not None else "")
         n = [r["n"] for r in rows]
         ns.update(n)
-        (line,) = ax.loglog(n, [r["seconds"] for r in rows], "o-", color=f"C{i}", label=label)
+        (line,) = ax.loglog(n, [r["seconds"] for r in rows], "-", color=f"C{i}", label=label)
         handles.append(line)
-        if method != "true":  # the reference: zero error by definition
-            err = [100 * r["max_rel_train_error"] for r in rows]
-            ax_err.loglog(n, err, "o-", color=f"C{i}")
+        for r in rows:  # filled: quiet machine; hollow: loaded machine
+            face = f"C{i}" if _quiet(r) else "white"
+            ax.loglog(r["n"], r["seconds"], "o", color=f"C{i}", mfc=face)
+            if method != "true":  # the reference: zero error by definition
+                ax_err.loglog(r["n"], 100 * r["max_rel_train_error"], "o", color=f"C{i}", mfc=face)
+        if method != "true":
+            ax_err.loglog(n, [100 * r["max_rel_train_error"] for r in rows], "-", color=f"C{i}")
     ax.set(
         xlabel="training examples n",
         ylabel="wall seconds (build + solve)",
-        title=f"{problem}: cost of the true flow and of each surrogate",
+        title=f"{problem}: cost of the true flow and of each surrogate\n"
+        f"(filled: quiet machine, load ≤ {QUIET_LOAD:g}; hollow: loaded machine)",
     )
     ax_err.set(
         xlabel="training examples n",
