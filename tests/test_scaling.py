@@ -376,3 +376,13 @@ def test_bad_linearised_steps():
         nk.KernelGrid.from_linearised_steps(problem, [0.0, 1.0], substeps=0)
     with pytest.raises(TypeError, match="GradientFlowProblem"):
         nk.KernelGrid.from_linearised_steps(data, [0.0, 1.0])
+
+
+def test_low_rank_grid_refuses_non_finite_factors():
+    low = _random_grid(small_data(n=14, m=6)).compress(5)
+    for name in ("eigvals", "eigvecs", "test_basis"):
+        bad = getattr(low, name).at[1, 0].set(jnp.nan)
+        parts = {k: getattr(low, k) for k in ("eigvals", "eigvecs", "test_basis")} | {name: bad}
+        match = rf"`{name}` has non-finite entries .* node\(s\) \[1\]"
+        with pytest.raises(ValueError, match=match):
+            nk.LowRankKernelGrid(low.nodes, **parts)

@@ -16,7 +16,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._core._errors import is_concrete
 from .._core._kernel_flow import flatten_kernel
-from ._grid import AbstractKernelGrid, check_nodes, init_metadata
+from ._grid import AbstractKernelGrid, check_finite_per_node, check_nodes, init_metadata
 from ._lanczos import lanczos, ritz
 from ._low_rank import LowRankKernelGrid
 
@@ -25,13 +25,8 @@ def check_kernels(name: str, k: Any, G: int, psd_tol: float | None) -> Array:
     """Finite, symmetric within tolerance (then symmetrised), PSD within tolerance."""
     if not is_concrete(k):
         return 0.5 * (k + jnp.swapaxes(k, -1, -2)) if psd_tol is not None else k
+    check_finite_per_node(name, k)
     a = np.asarray(k)
-    if not np.all(np.isfinite(a)):
-        bad = [g for g in range(G) if not np.all(np.isfinite(a[g]))]
-        raise ValueError(
-            f"`{name}` has non-finite entries (NaN or infinity) at node(s) {bad}; recompute "
-            "those kernels (a diverged reference run is the usual cause)."
-        )
     if psd_tol is None:
         return k
     scale = max(float(np.max(np.abs(a))), np.finfo(a.dtype).tiny)

@@ -38,6 +38,19 @@ from ._schedule import AbstractSchedule, Time
 Implementation = Literal["auto", "structured", "jacobian", "ntvp", "reference"]
 
 
+def check_finite_per_node(name: str, a: Any) -> None:
+    """Refuse non-finite entries of a per-node array `(G, ...)` (checked if concrete)."""
+    if not is_concrete(a):
+        return
+    v = np.asarray(a)
+    if not np.all(np.isfinite(v)):
+        bad = [g for g in range(v.shape[0]) if not np.all(np.isfinite(v[g]))]
+        raise ValueError(
+            f"`{name}` has non-finite entries (NaN or infinity) at node(s) {bad}; recompute "
+            "those kernels (a diverged reference run is the usual cause)."
+        )
+
+
 def check_nodes(nodes: Any) -> None:
     """Nodes must be a non-empty, finite, strictly increasing 1-D array (checked if concrete)."""
     if not is_concrete(nodes):

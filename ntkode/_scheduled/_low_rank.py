@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._grid import AbstractKernelGrid, check_nodes, init_metadata
+from ._grid import AbstractKernelGrid, check_finite_per_node, check_nodes, init_metadata
 
 
 class LowRankKernelGrid(AbstractKernelGrid):
@@ -82,6 +82,8 @@ class LowRankKernelGrid(AbstractKernelGrid):
         err = None if compression_error is None else jnp.asarray(compression_error, dtype)
         if err is not None and err.shape != (G, 2):
             raise ValueError(f"`compression_error` has shape {err.shape}; expected ({G}, 2).")
+        for name, a in (("eigvals", lam), ("eigvecs", vec), ("test_basis", basis)):
+            check_finite_per_node(name, a)
         self.nodes = nodes
         self.eigvals = lam
         self.eigvecs = vec
