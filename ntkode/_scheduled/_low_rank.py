@@ -169,14 +169,14 @@ class LowRankKernelGrid(AbstractKernelGrid):
         gram = jnp.block(blocks)
         tiny = a * r * float(jnp.finfo(vec.dtype).eps)
 
-        def small_eigh(small, scale):
+        def small_eigh(small):
             theta, U = jnp.linalg.eigh(0.5 * (small + small.T))
             keep = jnp.abs(theta) > tiny * jnp.max(jnp.abs(theta))
-            return jnp.where(keep, theta, 0.0), U * scale * keep[None, :]
+            return jnp.where(keep, theta, 0.0), U * keep[None, :]
 
         def by_gram(_):
             root = jnp.sqrt(jnp.maximum(d, 0.0))
-            theta, U = small_eigh(root[:, None] * gram * root[None, :], 1.0)
+            theta, U = small_eigh(root[:, None] * gram * root[None, :])
             inv = jnp.where(theta > 0, 1.0 / jnp.sqrt(jnp.where(theta > 0, theta, 1.0)), 0.0)
             return theta, root[:, None] * U * inv[None, :]
 
@@ -186,7 +186,7 @@ class LowRankKernelGrid(AbstractKernelGrid):
             root = jnp.sqrt(jnp.where(keep, s, 0.0))
             inv = jnp.where(keep, 1.0 / jnp.where(keep, root, 1.0), 0.0)
             Ws = W * root[None, :]
-            theta, U = small_eigh((Ws.T * d) @ Ws, 1.0)
+            theta, U = small_eigh((Ws.T * d) @ Ws)
             return theta, (W * inv[None, :]) @ U
 
         theta, mix = jax.lax.cond(jnp.all(d >= 0), by_gram, indefinite, None)
