@@ -130,6 +130,10 @@ class Solution(eqx.Module):
             raise TypeError("Only ensemble solutions (with a trajectory axis) can be indexed.")
         return jax.tree.map(lambda a: a[i], self)
 
+    def without_weights(self) -> "Solution":
+        """This solution with its saved weights dropped (`weights=None`), to free them."""
+        return eqx.tree_at(lambda s: s.weights, self, None, is_leaf=lambda x: x is None)
+
     @property
     def retcode(self) -> RESULTS:
         """The result code (`RESULTS.successful`, `RESULTS.max_steps_reached`, ...)."""

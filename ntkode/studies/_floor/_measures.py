@@ -5,7 +5,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,7 +61,7 @@ def solve_truths(
         }
         runs.append(sol)
     ref, lo = runs
-    lo = eqx.tree_at(lambda s: s.weights, lo, None, is_leaf=lambda x: x is None)
+    lo = lo.without_weights()
     errs = trajectory_errors(lo, ref)
     record["uncertainty_train"] = errs["max_rel_train_error"]
     record["uncertainty_test"] = errs["max_rel_test_error"]
