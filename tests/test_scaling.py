@@ -291,13 +291,17 @@ def test_randomized_compression_agrees_with_eigh_and_reports_its_error():
 # ---------------------------------------------------------------- Nyström grids
 
 
-def test_nystrom_grid_is_exact_with_every_landmark_and_estimates_its_error():
-    model, data = small_sine(n_train=12, n_test=6, width=24)
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_nystrom_grid_is_exact_with_every_landmark_and_estimates_its_error(outputs):
+    model, data = small_sine(n_train=12, n_test=6, width=24, out=outputs)
+    if outputs > 1:  # the estimate's sampled rows are read off columns: each output's block
+        tile = lambda y: jnp.tile(y.reshape(y.shape[0], -1), (1, outputs))
+        data = nk.Dataset(data.x_train, tile(data.y_train), data.x_test, tile(data.y_test))
     params = partition(model)[0]
     nodes = jnp.zeros(1)
     dense = nk.KernelGrid.from_params([params], model, data, nodes)
     full = nk.KernelGrid.from_params([params], model, data, nodes, landmarks=12)
-    assert isinstance(full, nk.LowRankKernelGrid) and full.rank == 12
+    assert isinstance(full, nk.LowRankKernelGrid) and full.rank == 12 * outputs
     # All landmarks: C W⁺ Cᵀ = Θ for a full-rank kernel (P ≫ n), and so for the test kernel.
     assert rel_max(full.dense_train(), dense.kernel_train) < 1e-8
     assert rel_max(full.dense_test(), dense.kernel_test) < 1e-8

@@ -92,23 +92,28 @@ def nystrom_node(
     """
     n, m, k = data.n_train, data.n_test, data.n_outputs
     idx = landmark_indices(n, landmarks, seed)
-    xs = data.x_train[jnp.asarray(idx)]
-    flat = lambda a, rows, cols: flatten_kernel(a, rows, cols, k, "kernel")
-    C = flat(ntk(net, data.x_train, xs, **kw), n, landmarks)
-    F, whiten = _factor(C, idx, k)
-    lam, V, coords = _eigen(F)  # V = F U s^{-1/2}; Fᵀ V = U s^{1/2} = coords
     rng = np.random.default_rng(seed + 1)
     rows = np.sort(rng.choice(n, size=min(samples, n), replace=False))
-    sel = jnp.asarray((rows[:, None] * k + np.arange(k)[None, :]).reshape(-1))
-    exact = flat(ntk(net, data.x_train[jnp.asarray(rows)], data.x_train, **kw), len(rows), n)
-    err_train = _row_error(exact, (V[sel] * lam) @ V.T)
+    trows = np.sort(rng.choice(m, size=min(samples, m), replace=False)) if m else rows[:0]
+    # One kernel call for the landmark columns and the sampled rows of the error estimates:
+    # by symmetry a sampled row K(x_i, X) is the column K(X, x_i)ᵀ, so the training
+    # points' Jacobians are computed once.
+    cols = [data.x_train[jnp.asarray(idx)], data.x_train[jnp.asarray(rows)]]
     if m:
-        Cs = flat(ntk(net, data.x_test, xs, **kw), m, landmarks)
+        cols.append(data.x_test[jnp.asarray(trows)])
+    flat = lambda a, r, c: flatten_kernel(a, r, c, k, "kernel")
+    every = flat(ntk(net, data.x_train, jnp.concatenate(cols), **kw), n, sum(map(len, cols)))
+    split = np.cumsum([landmarks * k, len(rows) * k])
+    C, exact, exact_t = jnp.split(every, split, axis=1)
+    F, whiten = _factor(C, idx, k)
+    lam, V, coords = _eigen(F)  # V = F U s^{-1/2}; Fᵀ V = U s^{1/2} = coords
+    sel = jnp.asarray((rows[:, None] * k + np.arange(k)[None, :]).reshape(-1))
+    err_train = _row_error(exact.T, (V[sel] * lam) @ V.T)
+    if m:
+        Cs = flat(ntk(net, data.x_test, cols[0], **kw), m, landmarks)
         basis = Cs @ (whiten @ coords)
-        trows = np.sort(rng.choice(m, size=min(samples, m), replace=False))
         tsel = jnp.asarray((trows[:, None] * k + np.arange(k)[None, :]).reshape(-1))
-        exact_t = flat(ntk(net, data.x_test[jnp.asarray(trows)], data.x_train, **kw), len(trows), n)
-        err_test = _row_error(exact_t, basis[tsel] @ V.T)
+        err_test = _row_error(exact_t.T, basis[tsel] @ V.T)
     else:
         basis = jnp.zeros((0, V.shape[1]), V.dtype)
         err_test = jnp.zeros((), V.dtype)
