@@ -17,11 +17,13 @@ memory, `ru_maxrss`, is its own) measures wall seconds, solver steps and peak me
   exact solve with `PiecewiseConstant("average", 2)` pieces and Lanczos bases);
 - `scheduled_ode`: the same grid with linear interpolation, solved by Tsit5 (the route every
   non-MSE loss takes: its steps inherit the training flow's stiffness);
-- `scheduled_lowrank`: the same kernels compressed to rank `r` (build + compress + exact
-  solve in the span of each piece's node bases, `EigenBasis`: no Krylov error);
-  compression by a randomized eigendecomposition (`--compress randomized`, the default:
-  sketch `r + --oversample` columns, one power iteration) or by Lanczos (`--compress
-  lanczos`, `2r` steps);
+- `scheduled_lowrank`: the same kernels, each compressed to rank `r` as soon as it is built
+  (`KernelGrid.from_params(rank=, compress=)`: one dense kernel in memory at a time; with
+  `--trace` the shared `(n, n)` kernels, `SharedKernelGrid.compress`), then the exact solve
+  in the span of each piece's node bases (`EigenBasis`: no Krylov error); compression by a
+  randomized eigendecomposition (`--compress randomized`, the default: sketch
+  `r + --oversample` columns, one power iteration) or by Lanczos (`--compress lanczos`,
+  `2r` steps);
 - `scheduled_nystrom`: Nyström kernels at the same states (`landmarks=`, `--landmarks`
   columns each, `O(n·m)` kernel entries instead of `O(n²)`; error estimated from 64
   sampled kernel rows), exact solve as `scheduled_lowrank`;
@@ -233,20 +235,20 @@ def worker(a) -> dict:
             grid, build = _kernels_at(problem, [params], jnp.zeros(1), **kw)
             sol, sec, csec = _median_solve(sched(grid, S.PiecewiseConstant()), a.repeats, saveat=ts)
         elif a.method in ("scheduled_dense", "scheduled_ode", "scheduled_lowrank"):
+            if a.method == "scheduled_lowrank":
+                # Each node's kernel compressed as soon as it is built (one dense kernel in
+                # memory at a time); with --trace the shared (n, n) kernels are compressed.
+                dim = a.n * (1 if a.trace else problem.data.n_outputs)
+                if a.compress == "lanczos":
+                    options = dict(krylov_dim=min(2 * a.rank, dim))
+                else:
+                    options = dict(sketch=min(a.rank + a.oversample, dim), power_iterations=1)
+                    rec["sketch"] = options["sketch"]
+                kw = dict(kw, rank=a.rank, compress=options)
             grid, build = _kernels_at(problem, states, jnp.asarray(node_times), **kw)
             grid = eqx_tree_at(grid, ref)
             if a.method == "scheduled_lowrank":
-                start = time.perf_counter()
-                if a.compress == "lanczos":
-                    grid = grid.compress(a.rank, krylov_dim=min(2 * a.rank, grid.dim))
-                else:
-                    sketch = min(a.rank + a.oversample, grid.dim)
-                    grid = grid.compress(a.rank, sketch=sketch, power_iterations=1)
-                    rec["sketch"] = sketch
-                jax.block_until_ready(grid.eigvecs)
                 rec["compress"] = a.compress
-                rec["compress_seconds"] = time.perf_counter() - start
-                build += rec["compress_seconds"]
                 err = np.asarray(grid.compression_error)
                 rec["compression_error_train"] = float(err[:, 0].max())
                 rec["compression_error_test"] = float(err[:, 1].max())
@@ -507,6 +509,11 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--trace", action="store_true", help="output-traced kernels (k > 1)")
     p.add_argument("--limit-minutes", type=float, default=30.0)
+    p.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the recorded method names (e.g. _m384 for a --landmarks 384 variant)",
+    )
     p.add_argument("--out", default=os.path.join(HERE, "scaling.json"))
     p.add_argument("--figure", default=os.path.join(HERE, "scaling.png"))
     p.add_argument("--figure-only", action="store_true")
@@ -562,11 +569,12 @@ def main() -> None:
                         f"[{a.problem} n={n}] {method} (load {os.getloadavg()[0]:.1f})", flush=True
                     )
                     rec = _run(a, method, n, workdir, 60 * a.limit_minutes)
+                    rec["method"] = name = method + a.tag
                     print(json.dumps(rec), flush=True)
                     records = [
                         r
                         for r in records
-                        if (r.get("problem"), r.get("n"), r.get("method")) != (a.problem, n, method)
+                        if (r.get("problem"), r.get("n"), r.get("method")) != (a.problem, n, name)
                     ] + [rec]
                     write_json(a.out, records)
                     if method == "true":

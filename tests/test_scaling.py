@@ -210,6 +210,37 @@ def test_shared_grid_equals_kronecker_dense_grid():
     assert rel_max(nk.solve(p, saveat=ts).train, nk.solve(q, saveat=ts).train) < 1e-9
 
 
+def test_shared_grid_compresses_to_the_kronecker_low_rank_grid():
+    data, shared, full = _shared_pair()
+    k = shared.n_outputs
+    want = full.compress(4 * k)  # the shared spectrum, each eigenvalue k times
+    got = shared.compress(4)
+    assert isinstance(got, nk.LowRankKernelGrid) and got.rank == 4 * k and got.n_outputs == k
+    assert rel_max(got.dense_train(), want.dense_train()) < 1e-10
+    assert rel_max(got.dense_test(), want.dense_test()) < 1e-10
+    np.testing.assert_allclose(got.eigvals, want.eigvals, rtol=1e-10)
+    np.testing.assert_allclose(got.compression_error, want.compression_error, rtol=1e-8)
+    assert float(got.compression_error.min()) > 1e-6  # rank 4 of 9: a real truncation
+    # At full rank it is the shared grid itself, and solves with cross-entropy agree.
+    exact = shared.compress(9, krylov_dim=9)
+    assert rel_max(exact.dense_train(), shared.dense_train()) < 1e-9
+    ts = jnp.linspace(0.0, 3.0, 7)
+    labels = jnp.argmax(data.y_train, 1)
+    ce = nk.Dataset(data.x_train, labels, data.x_test, jnp.argmax(data.y_test, 1))
+    sols = [
+        nk.solve(
+            nk.ScheduledKernelProblem(
+                g, ce, S.Time(), S.Linear(), nk.losses.cross_entropy, tspan=(0.0, 3.0),
+                u0_train=jnp.zeros((9, k)), u0_test=jnp.zeros((4, k)),
+            ),
+            saveat=ts, rtol=1e-10, atol=1e-12,
+        )
+        for g in (shared, exact)
+    ]  # fmt: skip
+    assert rel_max(sols[1].train, sols[0].train) < 1e-7
+    assert rel_max(sols[1].test, sols[0].test) < 1e-7
+
+
 def test_traced_grid_from_params_is_the_mean_diagonal_block():
     model, data = small_sine(n_train=7, n_test=3, out=3)
     y = jnp.tile(data.y_train, (1, 3))
@@ -224,8 +255,10 @@ def test_traced_grid_from_params_is_the_mean_diagonal_block():
     np.testing.assert_allclose(
         grid.kernel_test[0], jnp.einsum("ijaa->ij", full_test) / 3, rtol=1e-12, atol=1e-12
     )
-    with pytest.raises(ValueError, match="rank"):
-        nk.KernelGrid.from_params([model], model, data, jnp.zeros(1), trace=True, rank=2)
+    # With `rank`, each shared kernel is compressed as built: the shared grid's compress.
+    low = nk.KernelGrid.from_params([model], model, data, jnp.zeros(1), trace=True, rank=2)
+    assert isinstance(low, nk.LowRankKernelGrid) and low.rank == 2 * 3
+    assert rel_max(low.dense_train(), grid.compress(2).dense_train()) < 1e-10
 
 
 def test_bad_shared_grid():
@@ -390,3 +423,30 @@ def test_low_rank_grid_refuses_non_finite_factors():
         match = rf"`{name}` has non-finite entries .* node\(s\) \[1\]"
         with pytest.raises(ValueError, match=match):
             nk.LowRankKernelGrid(low.nodes, **parts)
+
+
+@pytest.mark.parametrize("options", [None, dict(sketch=9, power_iterations=1), dict(krylov_dim=9)])
+def test_rank_compresses_each_node_as_built_and_equals_compressing_the_dense_grid(options):
+    """`from_params(rank=r, compress=...)` holds one dense kernel at a time; its grid equals
+    the dense grid's `compress(r, ...)` (the same per-node algorithm, seeded)."""
+    model, data = small_sine(n_train=12, n_test=6, width=24, out=2)
+    tile = lambda y: jnp.tile(y.reshape(y.shape[0], -1), (1, 2))
+    data = nk.Dataset(data.x_train, tile(data.y_train), data.x_test, tile(data.y_test))
+    params, _ = partition(model)
+    moved = jax.tree.map(lambda a: 1.3 * a, params)  # a second, different state
+    nodes = jnp.asarray([0.0, 1.0])
+    dense = nk.KernelGrid.from_params([params, moved], model, data, nodes, times=nodes)
+    want = dense.compress(6, **(options or {}))
+    got = nk.KernelGrid.from_params(
+        [params, moved], model, data, nodes, times=nodes, rank=6, compress=options
+    )
+    assert isinstance(got, nk.LowRankKernelGrid) and got.rank == 6
+    np.testing.assert_allclose(got.eigvals, want.eigvals, rtol=1e-10, atol=1e-12)
+    assert rel_max(got.dense_train(), want.dense_train()) < 1e-10
+    assert rel_max(got.dense_test(), want.dense_test()) < 1e-10
+    np.testing.assert_allclose(got.compression_error, want.compression_error, rtol=1e-8)
+    np.testing.assert_allclose(got.times, nodes)
+    # Truncation really happened (rank 6 of 24): the error is the dropped spectrum's.
+    assert float(jnp.min(got.compression_error[:, 0])) > 1e-6
+    with pytest.raises(ValueError, match="`compress`.*only applies with `rank`"):
+        nk.KernelGrid.from_params([params], model, data, jnp.zeros(1), compress=dict(sketch=9))

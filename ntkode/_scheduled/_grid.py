@@ -254,6 +254,7 @@ class AbstractKernelGrid(eqx.Module):
         trace: bool = False,
         block_size: int | None = None,
         landmarks: int | None = None,
+        compress: dict[str, Any] | None = None,
     ) -> "AbstractKernelGrid":
         r"""Kernels of `model` at given parameter states.
 
@@ -266,6 +267,11 @@ class AbstractKernelGrid(eqx.Module):
         - `nodes`: scheduling value of each state, strictly increasing.
         - `times`, `u0_train`, `u0_test`: kept on the grid (see the fields).
         - `rank`: if given, keep the top-`rank` eigenpairs (see [`KernelGrid.compress`][]).
+          Each node's kernel is compressed as soon as it is built, so one dense kernel at a
+          time is held, not `G`.
+        - `compress`: keyword arguments of [`KernelGrid.compress`][] for `rank`
+          (`krylov_dim`, or `sketch` and `power_iterations`; default: a full
+          eigendecomposition per node).
         - `implementation`, `block_size`: passed to [`ntkode.ntk`][] (`block_size` bounds
           the memory of each kernel's computation).
         - `trace`: keep the mean diagonal output block $\bar\Theta = \operatorname{tr}_k
@@ -281,18 +287,19 @@ class AbstractKernelGrid(eqx.Module):
         not eigen-checked (that check costs an $O((nk)^3)$ eigendecomposition per node).
 
         **Returns:** a dense [`ntkode.KernelGrid`][]; a [`ntkode.LowRankKernelGrid`][] when
-        `rank` or `landmarks` is given; a [`ntkode.SharedKernelGrid`][] with `trace=True`.
+        `rank` or `landmarks` is given (with `trace=True` and `rank`, that of
+        [`ntkode.SharedKernelGrid.compress`][]); a [`ntkode.SharedKernelGrid`][] with
+        `trace=True`.
         """
         # The storages are themselves built on this class.
         from ._dense import KernelGrid
         from ._shared import SharedKernelGrid
 
-        if trace and rank is not None:
+        if compress is not None and rank is None:
             raise ValueError(
-                "`rank` and `trace=True` do not combine: a shared (n, n) kernel per node is "
-                "already small; drop `rank`, or drop `trace` for low-rank full blocks."
+                f"`compress` ({compress!r}) only applies with `rank`: pass the rank to keep, or "
+                "drop `compress`."
             )
-
         if landmarks is not None and (trace or rank is not None):
             raise ValueError(
                 "`landmarks` (a Nyström grid) does not combine with `trace=True` or `rank`: "
@@ -325,19 +332,30 @@ class AbstractKernelGrid(eqx.Module):
             # Traced kernels sum the k diagonal blocks: divide by k for their mean.
             return a / k if trace else flatten_kernel(a, rows, n, k, "kernel")
 
-        kts, kss = [], []
-        for p in states:
+        kts, kss, parts = [], [], []
+        for i, p in enumerate(states):
             net = eqx.combine(p, static)
             kt = as_flat(ntk(net, data.x_train, **kw), n)
-            kts.append(0.5 * (kt + kt.T))
+            kt = 0.5 * (kt + kt.T)
             if m:
-                kss.append(as_flat(ntk(net, data.x_test, data.x_train, **kw), m))
+                ks = as_flat(ntk(net, data.x_test, data.x_train, **kw), m)
             else:
-                kss.append(jnp.zeros((0, kt.shape[1]), kt.dtype))
+                ks = jnp.zeros((0, kt.shape[1]), kt.dtype)
+            if rank is None:
+                kts.append(kt)
+                kss.append(ks)
+            else:  # this node alone, compressed before the next kernel is built
+                cls = SharedKernelGrid if trace else KernelGrid
+                node = cls(nodes[i : i + 1], kt[None], ks[None], n_outputs=k, psd_tol=None)
+                parts.append(node.compress(rank, **(compress or {})))
+                del kt, ks, node
+        if rank is not None:
+            from ._low_rank import stack_low_rank
+
+            return stack_low_rank(parts, nodes, **{a: v for a, v in meta.items() if a != "psd_tol"})
         if trace:
             return SharedKernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
-        grid = KernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
-        return grid if rank is None else grid.compress(rank)
+        return KernelGrid(nodes, jnp.stack(kts), jnp.stack(kss), **meta)
 
     @classmethod
     def from_solution(
@@ -353,6 +371,7 @@ class AbstractKernelGrid(eqx.Module):
         trace: bool = False,
         block_size: int | None = None,
         landmarks: int | None = None,
+        compress: dict[str, Any] | None = None,
     ) -> "AbstractKernelGrid":
         """Kernels along a true-flow solution, at the saved times nearest to `times`.
 
@@ -360,8 +379,9 @@ class AbstractKernelGrid(eqx.Module):
         `save_weights=True` and `saveat` containing `times`. Node values are
         `schedule(t_g, u(t_g))` (time by default; e.g. `schedules.LossLevel()` for a
         loss-scheduled grid), sorted increasingly. The grid remembers the run's initial
-        outputs as the default starting point of a surrogate. `rank`, `implementation`,
-        `trace`, `block_size` and `landmarks` are as in [`AbstractKernelGrid.from_params`][].
+        outputs as the default starting point of a surrogate. `rank`, `compress`,
+        `implementation`, `trace`, `block_size` and `landmarks` are as in
+        [`AbstractKernelGrid.from_params`][].
 
         **Returns:** as [`AbstractKernelGrid.from_params`][].
         """
@@ -412,6 +432,7 @@ class AbstractKernelGrid(eqx.Module):
             trace=trace,
             block_size=block_size,
             landmarks=landmarks,
+            compress=compress,
         )
 
     @classmethod

@@ -74,8 +74,7 @@ def linearised_grid(
 ) -> AbstractKernelGrid:
     """See [`AbstractKernelGrid.from_linearised_steps`][]."""
     from ._dense import KernelGrid
-    from ._low_rank import LowRankKernelGrid
-    from ._nystrom import stack_low_rank
+    from ._low_rank import LowRankKernelGrid, stack_low_rank
     from ._shared import SharedKernelGrid
 
     if not isinstance(problem, GradientFlowProblem):

@@ -10,6 +10,8 @@ how the exact solver and the ODE vector field treat it. Made by [`KernelGrid.com
 kernels.
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -217,4 +219,14 @@ def stacked(bases: Float[Array, "a nk r"]) -> Float[Array, "nk ar"]:
     return jnp.moveaxis(bases, 0, 1).reshape(nk, a * r)
 
 
-__all__ = ["LowRankKernelGrid"]
+def stack_low_rank(grids: list[LowRankKernelGrid], nodes, **meta: Any) -> LowRankKernelGrid:
+    """One low-rank grid from single-node ones (in the given order)."""
+    cat = lambda name: jnp.concatenate([getattr(g, name) for g in grids])
+    errs = [g.compression_error for g in grids]
+    err = None if any(e is None for e in errs) else jnp.concatenate(errs)  # type: ignore[arg-type]
+    return LowRankKernelGrid(
+        nodes, cat("eigvals"), cat("eigvecs"), cat("test_basis"), compression_error=err, **meta
+    )
+
+
+__all__ = ["LowRankKernelGrid", "stack_low_rank"]

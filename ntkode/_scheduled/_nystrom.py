@@ -140,14 +140,4 @@ def nystrom_grid(
     return LowRankKernelGrid(nodes, lam, vec, basis, compression_error=err, **meta)
 
 
-def stack_low_rank(grids: list[LowRankKernelGrid], nodes, **meta: Any) -> LowRankKernelGrid:
-    """One low-rank grid from single-node ones (in the given order)."""
-    cat = lambda name: jnp.concatenate([getattr(g, name) for g in grids])
-    errs = [g.compression_error for g in grids]
-    err = None if any(e is None for e in errs) else jnp.concatenate(errs)  # type: ignore[arg-type]
-    return LowRankKernelGrid(
-        nodes, cat("eigvals"), cat("eigvecs"), cat("test_basis"), compression_error=err, **meta
-    )
-
-
-__all__ = ["check_landmarks", "landmark_indices", "nystrom_grid", "nystrom_node", "stack_low_rank"]
+__all__ = ["check_landmarks", "landmark_indices", "nystrom_grid", "nystrom_node"]

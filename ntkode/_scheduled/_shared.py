@@ -17,13 +17,16 @@ the eigenvectors are those of $\bar\Theta$ on each output column: spectra have `
 (`ntkode/_scheduled/_exact.py` reads the residual as an `(n, k)` matrix for them).
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._dense import check_kernels, default_tol, inexact
+from ._dense import KernelGrid, check_kernels, default_tol, inexact
 from ._grid import AbstractKernelGrid, check_nodes, init_metadata
+from ._low_rank import LowRankKernelGrid
 
 
 def _kron(kernels: Array, k: int) -> Array:
@@ -151,6 +154,37 @@ class SharedKernelGrid(AbstractKernelGrid):
 
     def dense_test(self):
         return _kron(self.kernel_test, self.n_outputs)
+
+    def compress(self, rank: int, **options: Any) -> LowRankKernelGrid:
+        r"""A low-rank copy: the top-`rank` eigenpairs of each shared kernel, for every output.
+
+        $\bar\Theta \approx V_r \Lambda_r V_r^\top$ by [`KernelGrid.compress`][] (its
+        `options`: `krylov_dim`, or `sketch` and `power_iterations`) on the `(n, n)`
+        kernels, returned as the full-block [`ntkode.LowRankKernelGrid`][] of
+        $(V_r \Lambda_r V_r^\top) \otimes I_k$: `rank·k` eigenpairs (each eigenvalue once
+        per output), eigenvectors $V_r \otimes I_k$ and test basis
+        $(\bar\Theta_* V_r) \otimes I_k$, so every low-rank solver applies. The relative
+        compression errors are those of the shared kernels (the Kronecker factor scales
+        both norms alike).
+        """
+        k = self.n_outputs
+        shared = KernelGrid(self.nodes, self.kernel_train, self.kernel_test, psd_tol=None)
+        low = shared.compress(rank, **options)
+        eye = jnp.eye(k, dtype=low.eigvecs.dtype)
+        kron = lambda a: jnp.einsum("gir,ab->giarb", a, eye).reshape(
+            a.shape[0], a.shape[1] * k, a.shape[2] * k
+        )
+        return LowRankKernelGrid(
+            self.nodes,
+            jnp.repeat(low.eigvals, k, axis=1),
+            kron(low.eigvecs),
+            kron(low.test_basis),
+            compression_error=low.compression_error,
+            n_outputs=k,
+            times=self.times,
+            u0_train=self.u0_train,
+            u0_test=self.u0_test,
+        )
 
     def with_zero_test(self, rows):
         if rows % self.n_outputs:
