@@ -450,3 +450,5 @@ def test_rank_compresses_each_node_as_built_and_equals_compressing_the_dense_gri
     assert float(jnp.min(got.compression_error[:, 0])) > 1e-6
     with pytest.raises(ValueError, match="`compress`.*only applies with `rank`"):
         nk.KernelGrid.from_params([params], model, data, jnp.zeros(1), compress=dict(sketch=9))
+    with pytest.raises(TypeError, match="`compress` must be a dict"):
+        nk.KernelGrid.from_params([params], model, data, jnp.zeros(1), rank=2, compress="sketch")

@@ -295,6 +295,11 @@ class AbstractKernelGrid(eqx.Module):
         from ._dense import KernelGrid
         from ._shared import SharedKernelGrid
 
+        if compress is not None and not isinstance(compress, dict):
+            raise TypeError(
+                "`compress` must be a dict of KernelGrid.compress options (e.g. "
+                f"dict(sketch=288, power_iterations=1)), got {compress!r}."
+            )
         if compress is not None and rank is None:
             raise ValueError(
                 f"`compress` ({compress!r}) only applies with `rank`: pass the rank to keep, or "
