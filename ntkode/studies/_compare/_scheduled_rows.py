@@ -192,7 +192,7 @@ def plot_error_vs_grid(cmp: Comparison, path: str) -> None:
         )
     if sizes:
         ax.set_xticks(sizes, [str(g) for g in sizes])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set(
         xlabel="grid size G (kernels in the grid)",
         ylabel="max over t of ‖u − u_true‖ / ‖u_true(0) − Y‖",
