@@ -170,15 +170,11 @@ class SharedKernelGrid(AbstractKernelGrid):
         k = self.n_outputs
         shared = KernelGrid(self.nodes, self.kernel_train, self.kernel_test, psd_tol=None)
         low = shared.compress(rank, **options)
-        eye = jnp.eye(k, dtype=low.eigvecs.dtype)
-        kron = lambda a: jnp.einsum("gir,ab->giarb", a, eye).reshape(
-            a.shape[0], a.shape[1] * k, a.shape[2] * k
-        )
         return LowRankKernelGrid(
             self.nodes,
             jnp.repeat(low.eigvals, k, axis=1),
-            kron(low.eigvecs),
-            kron(low.test_basis),
+            _kron(low.eigvecs, k),
+            _kron(low.test_basis, k),
             compression_error=low.compression_error,
             n_outputs=k,
             times=self.times,

@@ -209,11 +209,17 @@ def classification_study(
         f"digits: {arch} -> 10, softmax cross-entropy, n_train={data.n_train}, "
         f"n_test={data.n_test}, t in [0, {t_end}]; {machine_line()}"
     )
+
+    def true_flow(tol: float):
+        # One program for both tolerances (arrays; the same outputs, weights included), so
+        # the loose run reuses the reference's compiled solve.
+        return timed_solve(
+            prob, saveat=ts, rtol=tol, atol=1e-2 * tol, progress=progress, save_weights=True
+        )
+
     log(f"[1/4] true flow, Tsit5, rtol={rtol:g} (reference)")
     if not resumed("true"):
-        true, sec, csec = timed_solve(
-            prob, saveat=ts, rtol=rtol, atol=1e-2 * rtol, progress=progress, save_weights=True
-        )
+        true, sec, csec = true_flow(rtol)
         if not true.success:
             log(f"  warning: {true.message}")
         _add(cmp, "true", true, true, log, seconds=sec, compile_seconds=csec, rtol=rtol)
@@ -224,10 +230,7 @@ def classification_study(
     loose = 10 * rtol
     log(f"[2/4] true flow, rtol={loose:g} (the truth's own uncertainty)")
     if not resumed("true_loose"):
-        # Weights saved as for the reference, so that its compiled solve is reused.
-        sol, sec, csec = timed_solve(
-            prob, saveat=ts, rtol=loose, atol=1e-2 * loose, progress=progress, save_weights=True
-        )
+        sol, sec, csec = true_flow(loose)
         sol = sol.without_weights()
         _add(cmp, "true_loose", sol, true, log, seconds=sec, compile_seconds=csec, rtol=loose)
         checkpoint("true_loose")

@@ -179,17 +179,23 @@ def compare_study(
         f"sine: MLP {dim}->{width}x{depth}->1 ({activation}), n_train={n_train}, "
         f"n_test={n_test}, t in [0, {t_end}]; {machine_line()}"
     )
-    stage = time.perf_counter()
-    log(f"[1/{steps}] true flow, Tsit5, rtol={rtol:g} (reference)")
-    if not resumed("true"):
-        true, sec, csec = timed_solve(
+
+    def true_flow(tol: float):
+        # One program for both tolerances (they are arrays; the outputs, weights included,
+        # are the same), so the loose run reuses the reference's compiled solve.
+        return timed_solve(
             problem,
             saveat=ts,
-            rtol=rtol,
-            atol=1e-2 * rtol,
+            rtol=tol,
+            atol=1e-2 * tol,
             progress=progress,
             save_weights=bool(grid_sizes),
         )
+
+    stage = time.perf_counter()
+    log(f"[1/{steps}] true flow, Tsit5, rtol={rtol:g} (reference)")
+    if not resumed("true"):
+        true, sec, csec = true_flow(rtol)
         if not true.success:
             log(f"  warning: {true.message}")
         cmp.add("true", true, true, seconds=sec, compile_seconds=csec, rtol=rtol,
@@ -201,16 +207,7 @@ def compare_study(
     loose = 10 * rtol
     log(f"[2/{steps}] true flow, rtol={loose:g} (the truth's own uncertainty)")
     if not resumed("true_loose"):
-        # The same outputs as the reference (weights too), so that its compiled solve is
-        # reused: the tolerances are arrays, only the program's structure is compiled.
-        sol, sec, csec = timed_solve(
-            problem,
-            saveat=ts,
-            rtol=loose,
-            atol=1e-2 * loose,
-            progress=progress,
-            save_weights=bool(grid_sizes),
-        )
+        sol, sec, csec = true_flow(loose)
         sol = sol.without_weights()
         cmp.add("true_loose", sol, true, seconds=sec, compile_seconds=csec, rtol=loose,
                 timing="single-shot")  # fmt: skip
